@@ -1,0 +1,593 @@
+//! Redis backplane (DESIGN §7). Per audience, hash-tagged so one script touches one slot:
+//! `{prefix}:{vkey:42}:stream` (history), `{prefix}:{vkey:42}:seen` (dedupe window) and the
+//! channel `{prefix}:{vkey:42}:live`. Publishing is one script per audience that dedupes,
+//! XADDs and PUBLISHes atomically; the audiences of one event go out concurrently over one
+//! multiplexed connection (one round trip).
+//!
+//! Each node has one subscriber connection, subscribed only to audiences with local listeners.
+//! When it drops or stops answering pings, the node reconnects, resubscribes, and replays
+//! from the streams whatever each audience missed, so local listeners lose nothing.
+use crate::router::{Router, Subscription};
+use crate::{Backplane, BackplaneError, Delivery, History, Mailbox, Position};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use herald_domain::catalog::TaskState;
+use herald_domain::{Audience, OutboundEvent};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{AsyncCommands, Script, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+    /// Approximate cap of each history stream (`XADD MAXLEN ~`).
+    pub max_len: usize,
+    /// Idle expiry of history streams.
+    pub ttl: Duration,
+    /// How often the subscriber connection is probed with PING.
+    pub probe_interval: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "herald".into(),
+            max_len: 1000,
+            ttl: Duration::from_secs(15 * 60),
+            probe_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// KEYS: stream, seen, last. ARGV: channel, event id, data, maxlen, ttl ms, last ttl ms.
+/// Returns the new stream id, or false when the event id was already published.
+/// Each entry records the id of the one before it (`p`), so a reader can tell whether entries
+/// between its cursor and the oldest entry still held were trimmed, expired or wiped.
+const PUBLISH_SCRIPT: &str = r#"
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return false end
+local prev = redis.call('GET', KEYS[3]) or ''
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3], 'p', prev)
+redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
+local ms = tonumber(string.match(id, '^(%d+)'))
+redis.call('ZADD', KEYS[2], ms, ARGV[2])
+local keep = tonumber(ARGV[4]) * 2
+local n = redis.call('ZCARD', KEYS[2])
+if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1) end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[3])
+return id
+"#;
+
+/// KEYS: task. ARGV: state JSON, terminal (1/0), ttl ms. Keeps a terminal state against a
+/// late non-terminal one.
+const TASK_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and ARGV[2] == '0' then
+  local ok, old = pcall(cjson.decode, cur)
+  if ok and (old.status == 'completed' or old.status == 'failed' or old.status == 'cancelled') then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"#;
+
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn stream(&self, a: Audience) -> String {
+        format!("{}:{{{a}}}:stream", self.prefix)
+    }
+    fn seen(&self, a: Audience) -> String {
+        format!("{}:{{{a}}}:seen", self.prefix)
+    }
+    fn task(&self, task_id: &str) -> String {
+        format!("{}:task:{task_id}", self.prefix)
+    }
+    /// The last id written to the stream; outlives the stream so expiry is detectable.
+    fn last(&self, a: Audience) -> String {
+        format!("{}:{{{a}}}:last", self.prefix)
+    }
+    fn channel(&self, a: Audience) -> String {
+        format!("{}:{{{a}}}:live", self.prefix)
+    }
+}
+
+enum Command {
+    Subscribe(Audience, oneshot::Sender<Result<(), BackplaneError>>),
+    Vacated(Audience),
+}
+
+pub struct RedisBackplane {
+    client: redis::Client,
+    config: RedisConfig,
+    names: Arc<Names>,
+    script: Script,
+    task_script: Script,
+    conn: Mutex<Option<ConnectionManager>>,
+    router: Arc<Router>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BackplaneError {
+    BackplaneError::Unavailable(e.to_string())
+}
+
+impl RedisBackplane {
+    /// Validates the URL and starts the subscriber task. Connections are made lazily and
+    /// re-made after failures, so this succeeds while Redis is down.
+    pub fn connect(config: RedisConfig) -> Result<Arc<Self>, BackplaneError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?;
+        let names = Arc::new(Names {
+            prefix: config.prefix.clone(),
+        });
+        let router = Router::new();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (vac_tx, mut vac_rx) = mpsc::unbounded_channel();
+        router.on_vacated(vac_tx);
+        let fwd = tx.clone();
+        tokio::spawn(async move {
+            while let Some(a) = vac_rx.recv().await {
+                if fwd.send(Command::Vacated(a)).is_err() {
+                    break;
+                }
+            }
+        });
+        let bp = Arc::new(Self {
+            client: client.clone(),
+            config: config.clone(),
+            names: names.clone(),
+            script: Script::new(PUBLISH_SCRIPT),
+            task_script: Script::new(TASK_SCRIPT),
+            conn: Mutex::new(None),
+            router: router.clone(),
+            commands: tx,
+        });
+        let subscriber = Subscriber {
+            client,
+            names,
+            router,
+            probe: config.probe_interval,
+            weak: Arc::downgrade(&bp),
+        };
+        tokio::spawn(subscriber.run(rx));
+        Ok(bp)
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, BackplaneError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2);
+        let c = ConnectionManager::new_with_config(self.client.clone(), cfg)
+            .await
+            .map_err(unavailable)?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The newest position of the audience's stream (`ZERO` when it is empty).
+    async fn last_position(&self, audience: Audience) -> Result<Position, BackplaneError> {
+        let mut conn = self.conn().await?;
+        let v: Value = redis::cmd("XREVRANGE")
+            .arg(self.names.stream(audience))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(match v {
+            Value::Array(mut items) if !items.is_empty() => {
+                parse_entry(audience, items.remove(0)).map_or(Position::ZERO, |(d, _)| d.position)
+            }
+            _ => Position::ZERO,
+        })
+    }
+
+    async fn read_history(
+        &self,
+        audience: Audience,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<History, BackplaneError> {
+        let mut conn = self.conn().await?;
+        let stream = self.names.stream(audience);
+        let start = after.map_or_else(|| "-".to_owned(), |p| format!("({p}"));
+        let entries: Value = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut events = Vec::new();
+        let mut first_prev = None;
+        if let Value::Array(items) = entries {
+            for item in items {
+                if let Some((d, prev)) = parse_entry(audience, item) {
+                    if events.is_empty() {
+                        first_prev = Some(prev);
+                    }
+                    events.push(d);
+                }
+            }
+        }
+        let gap = match (after, first_prev) {
+            (None, _) => false,
+            // Contiguous only if the first entry after the cursor was written right after it.
+            (Some(a), Some(prev)) => prev != Some(a),
+            // Nothing after the cursor: a gap only if something was written after it and is gone.
+            (Some(a), None) => {
+                let last: Option<String> = conn
+                    .get(self.names.last(audience))
+                    .await
+                    .map_err(unavailable)?;
+                last.and_then(|l| l.parse::<Position>().ok())
+                    .is_some_and(|l| l > a)
+            }
+        };
+        Ok(History { events, gap })
+    }
+}
+
+/// `[id, [field, value, ...]]` → the delivery and the id of the entry written before it.
+fn parse_entry(audience: Audience, item: Value) -> Option<(Delivery, Option<Position>)> {
+    let Value::Array(mut parts) = item else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let fields = parts.pop()?;
+    let id = text(parts.pop()?)?;
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let field = |name: &str| {
+        fields.chunks(2).find_map(|kv| match kv {
+            [k, v] if text(k.clone()).as_deref() == Some(name) => text(v.clone()),
+            _ => None,
+        })
+    };
+    let prev = field("p").and_then(|p| p.parse().ok());
+    Some((decode(audience, &id, &field("e")?)?, prev))
+}
+
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn decode(audience: Audience, id: &str, data: &str) -> Option<Delivery> {
+    let position = id.parse().ok()?;
+    match serde_json::from_str::<OutboundEvent>(data) {
+        Ok(ev) => Some(Delivery {
+            audience,
+            position,
+            event: Arc::new(ev),
+        }),
+        Err(e) => {
+            tracing::warn!(%audience, %id, error = %e, "skipping undecodable backplane entry");
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl Backplane for RedisBackplane {
+    async fn publish(
+        &self,
+        audiences: &[Audience],
+        event: &OutboundEvent,
+    ) -> Result<(), BackplaneError> {
+        let data = serde_json::to_string(event).map_err(unavailable)?;
+        let conn = self.conn().await?;
+        let max_len = self.config.max_len.to_string();
+        let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
+        // Long enough that a client coming back a day later still learns it missed events.
+        let last_ttl_ms = ttl_ms.max(24 * 3600 * 1000).to_string();
+        let ttl_ms = ttl_ms.to_string();
+        // Concurrent invocations are pipelined on the multiplexed connection.
+        let calls = audiences.iter().map(|&a| {
+            let mut conn = conn.clone();
+            let mut inv = self.script.prepare_invoke();
+            inv.key(self.names.stream(a))
+                .key(self.names.seen(a))
+                .key(self.names.last(a))
+                .arg(self.names.channel(a))
+                .arg(event.event_id.as_str())
+                .arg(&data)
+                .arg(&max_len)
+                .arg(&ttl_ms)
+                .arg(&last_ttl_ms);
+            async move { inv.invoke_async::<Value>(&mut conn).await }
+        });
+        for r in futures_util::future::join_all(calls).await {
+            r.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        audience: Audience,
+        mailbox: Mailbox,
+    ) -> Result<Subscription, BackplaneError> {
+        let sub = self.router.add(audience, mailbox);
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Subscribe(audience, tx))
+            .map_err(|_| unavailable("subscriber stopped"))?;
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(Ok(()))) => Ok(sub),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(unavailable("subscriber stopped")),
+            Err(_) => Err(unavailable("timed out subscribing")),
+        }
+    }
+
+    async fn history(
+        &self,
+        audience: Audience,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<History, BackplaneError> {
+        self.read_history(audience, after, limit).await
+    }
+
+    async fn ping(&self) -> Result<(), BackplaneError> {
+        let mut conn = self.conn().await?;
+        let _: String = conn.ping().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn record_task(&self, state: &TaskState) -> Result<(), BackplaneError> {
+        let mut conn = self.conn().await?;
+        let json = serde_json::to_string(state).map_err(unavailable)?;
+        let ttl = u64::try_from(crate::TASK_TTL.as_millis()).unwrap_or(u64::MAX);
+        let _: i64 = self
+            .task_script
+            .key(self.names.task(&state.task_id))
+            .arg(json)
+            .arg(if state.is_terminal() { "1" } else { "0" })
+            .arg(ttl)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn task(&self, task_id: &str) -> Result<Option<TaskState>, BackplaneError> {
+        let mut conn = self.conn().await?;
+        let json: Option<String> = conn
+            .get(self.names.task(task_id))
+            .await
+            .map_err(unavailable)?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+}
+
+/// Owns the node's subscriber connection.
+struct Subscriber {
+    client: redis::Client,
+    names: Arc<Names>,
+    router: Arc<Router>,
+    probe: Duration,
+    weak: std::sync::Weak<RedisBackplane>,
+}
+
+/// Per audience: the last position handed to local listeners.
+type Seen = HashMap<Audience, Position>;
+
+impl Subscriber {
+    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut seen: Seen = HashMap::new();
+        // Per audience: the stream's newest position when the node subscribed. Gap filling
+        // starts there for audiences that have delivered nothing yet.
+        let mut floors: Seen = HashMap::new();
+        let mut backoff = Duration::from_millis(100);
+        let mut first = true;
+        loop {
+            let pubsub =
+                tokio::time::timeout(Duration::from_secs(5), self.client.get_async_pubsub()).await;
+            let (mut sink, mut stream) = match pubsub {
+                Ok(Ok(p)) => p.split(),
+                other => {
+                    let err = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "connect timed out".to_owned(),
+                    };
+                    tracing::warn!(error = %err, "redis subscriber connection failed; retrying");
+                    // Fail subscribe requests that arrive while Redis is down rather than hang them.
+                    let deadline = tokio::time::sleep(backoff);
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            _ = &mut deadline => break,
+                            cmd = commands.recv() => match cmd {
+                                None => return,
+                                Some(Command::Subscribe(_, ack)) => { let _ = ack.send(Err(unavailable(&err))); }
+                                Some(Command::Vacated(a)) => { seen.remove(&a); }
+                            }
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let mut channels: HashMap<String, Audience> = HashMap::new();
+            let audiences = self.router.audiences();
+            let mut ok = true;
+            for a in &audiences {
+                if sink.subscribe(self.names.channel(*a)).await.is_err() {
+                    ok = false;
+                    break;
+                }
+                channels.insert(self.names.channel(*a), *a);
+            }
+            if !ok {
+                continue;
+            }
+            if !first {
+                tracing::info!(
+                    audiences = audiences.len(),
+                    "redis subscriber reconnected; filling gaps from history"
+                );
+                if self
+                    .fill_gaps(&audiences, &mut seen, &floors)
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+            }
+            first = false;
+            // Audiences subscribed here for the first time (listeners that arrived while this
+            // connection was being made) need a floor too, or a later drop would lose their events.
+            if let Some(bp) = self.weak.upgrade() {
+                for a in &audiences {
+                    if !seen.contains_key(a)
+                        && !floors.contains_key(a)
+                        && let Ok(Ok(p)) =
+                            tokio::time::timeout(self.probe, bp.last_position(*a)).await
+                    {
+                        floors.insert(*a, p);
+                    }
+                }
+            }
+            let mut probe = tokio::time::interval(self.probe);
+            probe.tick().await;
+            loop {
+                tokio::select! {
+                    msg = stream.next() => {
+                        let Some(msg) = msg else {
+                            tracing::warn!("redis subscriber connection closed");
+                            break;
+                        };
+                        let Some(&audience) = channels.get(msg.get_channel_name()) else { continue };
+                        let payload: String = match msg.get_payload() { Ok(p) => p, Err(_) => continue };
+                        let Some((id, data)) = payload.split_once(' ') else { continue };
+                        if let Some(d) = decode(audience, id, data) {
+                            self.dispatch(d, &mut seen);
+                        }
+                    }
+                    cmd = commands.recv() => match cmd {
+                        None => return,
+                        Some(Command::Subscribe(a, ack)) => {
+                            let ch = self.names.channel(a);
+                            if channels.contains_key(&ch) {
+                                let _ = ack.send(Ok(()));
+                                continue;
+                            }
+                            match sink.subscribe(&ch).await {
+                                Ok(()) => {
+                                    channels.insert(ch, a);
+                                    if let Some(bp) = self.weak.upgrade()
+                                        && let Ok(Ok(p)) = tokio::time::timeout(self.probe, bp.last_position(a)).await
+                                    {
+                                        floors.insert(a, p);
+                                    }
+                                    let _ = ack.send(Ok(()));
+                                }
+                                Err(e) => { let _ = ack.send(Err(unavailable(&e))); break; }
+                            }
+                        }
+                        Some(Command::Vacated(a)) => {
+                            if self.router.has_listeners(&a) { continue; }
+                            seen.remove(&a);
+                            floors.remove(&a);
+                            let ch = self.names.channel(a);
+                            if channels.remove(&ch).is_some() && sink.unsubscribe(&ch).await.is_err() {
+                                break;
+                            }
+                        }
+                    },
+                    _ = probe.tick() => {
+                        let alive = tokio::time::timeout(self.probe, ping(&mut sink)).await;
+                        if !matches!(alive, Ok(Ok(()))) {
+                            tracing::warn!("redis subscriber connection stopped answering; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a live or replayed delivery on, once, in stream order.
+    fn dispatch(&self, d: Delivery, seen: &mut Seen) {
+        if seen.get(&d.audience).is_some_and(|p| d.position <= *p) {
+            return;
+        }
+        seen.insert(d.audience, d.position);
+        self.router.dispatch(&d);
+    }
+
+    async fn fill_gaps(
+        &self,
+        audiences: &[Audience],
+        seen: &mut Seen,
+        floors: &Seen,
+    ) -> Result<(), BackplaneError> {
+        let Some(bp) = self.weak.upgrade() else {
+            return Ok(());
+        };
+        for &a in audiences {
+            let Some(mut after) = seen.get(&a).or(floors.get(&a)).copied() else {
+                continue;
+            };
+            loop {
+                let page = bp.read_history(a, Some(after), 500).await?;
+                let n = page.events.len();
+                for d in page.events {
+                    after = d.position;
+                    self.dispatch(d, seen);
+                }
+                if n < 500 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn ping(sink: &mut PubSubSink) -> redis::RedisResult<()> {
+    let _: Value = sink.ping().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_hash_tagged_per_audience() {
+        let n = Names {
+            prefix: "herald".into(),
+        };
+        let a = Audience::Key(herald_domain::KeyId::new(42).unwrap());
+        assert_eq!(n.stream(a), "herald:{vkey:42}:stream");
+        assert_eq!(n.channel(a), "herald:{vkey:42}:live");
+        assert_eq!(n.seen(a), "herald:{vkey:42}:seen");
+    }
+}

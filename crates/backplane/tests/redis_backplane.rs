@@ -1,0 +1,307 @@
+//! The Redis backplane against the real Redis on 127.0.0.1:6379. Each test has its own prefix.
+#![allow(clippy::unwrap_used)]
+use herald_backplane::{
+    Backplane, Mailbox, MailboxReceiver, Received, RedisBackplane, RedisConfig,
+};
+use herald_domain::{Audience, EventId, KeyId, OutboundEvent};
+use std::sync::Arc;
+use std::time::Duration;
+
+const URL: &str = "redis://127.0.0.1:6379/";
+
+fn config(max_len: usize) -> RedisConfig {
+    let mut c = RedisConfig::new(URL);
+    c.prefix = format!("herald-test-{:012x}", rand::random::<u64>() >> 16);
+    c.max_len = max_len;
+    c.probe_interval = Duration::from_millis(500);
+    c
+}
+
+fn event(id: &str) -> OutboundEvent {
+    OutboundEvent {
+        event_id: EventId::parse(id).unwrap(),
+        name: "SpendUpdate".into(),
+        key_id: None,
+        timestamp: chrono::Utc::now(),
+        traceparent: None,
+        payload: serde_json::value::RawValue::from_string(format!(
+            r#"{{"id":"{id}","amount":12.50}}"#
+        ))
+        .unwrap(),
+    }
+}
+
+async fn next(rx: &mut MailboxReceiver) -> String {
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Received::Delivery(d)) => d.event.event_id.to_string(),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
+    let v: (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(conn)
+        .await
+        .unwrap();
+    v.1
+}
+
+#[tokio::test]
+async fn publishes_once_per_event_id_with_exact_payload_and_history() {
+    let cfg = config(1000);
+    let bp = RedisBackplane::connect(cfg.clone()).unwrap();
+    let key = Audience::Key(KeyId::new(42).unwrap());
+    let (mb, mut rx) = Mailbox::new(1 << 20);
+    let _sub = bp.subscribe(key, mb).await.unwrap();
+    for id in ["a", "b", "a", "c"] {
+        bp.publish(&[key, Audience::Admin], &event(id))
+            .await
+            .unwrap();
+    }
+    assert_eq!(next(&mut rx).await, "a");
+    assert_eq!(next(&mut rx).await, "b");
+    assert_eq!(next(&mut rx).await, "c");
+    let h = bp.history(key, None, 100).await.unwrap();
+    let ids: Vec<_> = h
+        .events
+        .iter()
+        .map(|d| d.event.event_id.to_string())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"], "the repeat of a was not appended");
+    assert!(
+        h.events[0].event.payload.get().contains("12.50"),
+        "digits survive: {}",
+        h.events[0].event.payload.get()
+    );
+    let after_a = bp
+        .history(key, Some(h.events[0].position), 100)
+        .await
+        .unwrap();
+    assert_eq!(after_a.events.len(), 2);
+    assert!(!after_a.gap);
+    assert_eq!(
+        bp.history(Audience::Admin, None, 100)
+            .await
+            .unwrap()
+            .events
+            .len(),
+        3,
+        "admin stream too"
+    );
+    // The stream key is hash-tagged per audience and expires when idle.
+    let mut c = redis().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}:{{vkey:42}}:stream", cfg.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 15 * 60 * 1000, "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn subscribes_only_while_there_are_local_listeners() {
+    let cfg = config(1000);
+    let bp = RedisBackplane::connect(cfg.clone()).unwrap();
+    let mut c = redis().await;
+    let key = Audience::Key(KeyId::new(7).unwrap());
+    let channel = format!("{}:{{vkey:7}}:live", cfg.prefix);
+    assert_eq!(numsub(&mut c, &channel).await, 0);
+    for _ in 0..20 {
+        let (m1, _r1) = Mailbox::new(1 << 20);
+        let (m2, _r2) = Mailbox::new(1 << 20);
+        let s1 = bp.subscribe(key, m1).await.unwrap();
+        let s2 = bp.subscribe(key, m2).await.unwrap();
+        assert_eq!(
+            numsub(&mut c, &channel).await,
+            1,
+            "one node subscription for two listeners"
+        );
+        drop(s1);
+        drop(s2);
+    }
+    // Unsubscribing is asynchronous; wait (bounded) until it shows.
+    let mut n = -1;
+    for _ in 0..100 {
+        n = numsub(&mut c, &channel).await;
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(n, 0, "no subscription left after the last listener went");
+    // A node with no listener of key 8 gets none of its traffic.
+    let other = format!("{}:{{vkey:8}}:live", cfg.prefix);
+    assert_eq!(numsub(&mut c, &other).await, 0);
+}
+
+#[tokio::test]
+async fn reports_a_gap_when_the_cursor_is_older_than_the_stream() {
+    let cfg = config(10);
+    let prefix = cfg.prefix.clone();
+    let bp_prefix = |_: &Arc<RedisBackplane>| prefix.clone();
+    let bp = RedisBackplane::connect(cfg).unwrap();
+    let key = Audience::Key(KeyId::new(9).unwrap());
+    bp.publish(&[key], &event("first")).await.unwrap();
+    let first = bp.history(key, None, 1).await.unwrap().events[0].position;
+    // MAXLEN ~ trims whole stream nodes (100 entries), so write well past that.
+    for i in 0..400 {
+        bp.publish(&[key], &event(&format!("e{i}"))).await.unwrap();
+    }
+    let h = bp.history(key, Some(first), 10).await.unwrap();
+    assert!(h.gap, "entries after the cursor were trimmed");
+    let held = bp.history(key, None, 1000).await.unwrap().events;
+    let last = held.last().unwrap().position;
+    assert!(
+        !bp.history(key, Some(last), 10).await.unwrap().gap,
+        "up to date"
+    );
+    let h = bp.history(key, Some(held[0].position), 10).await.unwrap();
+    assert!(!h.gap, "cursor at the oldest entry held: contiguous");
+    assert_eq!(h.events[0].position, held[1].position);
+    // The stream is wiped (Redis restarted without persistence): an old cursor learns it.
+    let mut c = redis().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{}:{{vkey:9}}:stream", bp_prefix(&bp)))
+        .query_async(&mut c)
+        .await
+        .unwrap_or(0);
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{}:{{vkey:9}}:last", bp_prefix(&bp)))
+        .query_async(&mut c)
+        .await
+        .unwrap_or(0);
+    bp.publish(&[key], &event("after-wipe")).await.unwrap();
+    let h = bp.history(key, Some(last), 10).await.unwrap();
+    assert!(
+        h.gap,
+        "history restarted after the cursor's stream was lost"
+    );
+    assert_eq!(h.events.len(), 1);
+}
+
+#[tokio::test]
+async fn a_dropped_subscriber_connection_reconnects_and_fills_the_gap() {
+    let cfg = config(1000);
+    let bp = RedisBackplane::connect(cfg.clone()).unwrap();
+    let publisher = RedisBackplane::connect(cfg.clone()).unwrap();
+    let key = Audience::Key(KeyId::new(11).unwrap());
+    let (mb, mut rx) = Mailbox::new(1 << 20);
+    let _sub = bp.subscribe(key, mb).await.unwrap();
+    publisher.publish(&[key], &event("before")).await.unwrap();
+    assert_eq!(next(&mut rx).await, "before");
+    // Cut every pub/sub connection (other tests' subscribers recover the same way).
+    let mut c = redis().await;
+    let _: Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Published while the node is disconnected: only the gap fill can deliver these.
+    for i in 0..20 {
+        publisher
+            .publish(&[key], &event(&format!("during-{i}")))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got.push(next(&mut rx).await);
+    }
+    let want: Vec<String> = (0..20).map(|i| format!("during-{i}")).collect();
+    assert_eq!(got, want, "every event once, in order");
+    publisher.publish(&[key], &event("after")).await.unwrap();
+    assert_eq!(next(&mut rx).await, "after");
+    assert!(rx.try_recv().is_none(), "no duplicates");
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_an_error_not_a_hang() {
+    let mut cfg = config(10);
+    cfg.url = "redis://127.0.0.1:1/".into();
+    let bp: Arc<dyn Backplane> = RedisBackplane::connect(cfg).unwrap();
+    assert!(bp.ping().await.is_err());
+    assert!(bp.publish(&[Audience::Global], &event("x")).await.is_err());
+    let (mb, _rx) = Mailbox::new(1024);
+    assert!(bp.subscribe(Audience::Global, mb).await.is_err());
+    assert!(RedisBackplane::connect(RedisConfig::new("not a url")).is_err());
+}
+
+use redis::Value;
+
+#[tokio::test]
+async fn the_task_registry_keeps_owner_and_a_terminal_state() {
+    use herald_domain::catalog::TaskState;
+    let cfg = config(10);
+    let bp = RedisBackplane::connect(cfg.clone()).unwrap();
+    let state = |status: &str, progress: u8| TaskState {
+        task_id: "task-1".into(),
+        task_type: "image".into(),
+        status: status.into(),
+        progress,
+        message: None,
+        result: None,
+        error: None,
+        virtual_key_id: KeyId::new(5).unwrap(),
+        updated_at: chrono::Utc::now(),
+    };
+    assert!(bp.task("task-1").await.unwrap().is_none());
+    bp.record_task(&state("running", 20)).await.unwrap();
+    assert_eq!(bp.task("task-1").await.unwrap().unwrap().progress, 20);
+    bp.record_task(&state("completed", 100)).await.unwrap();
+    bp.record_task(&state("running", 60)).await.unwrap();
+    let got = bp.task("task-1").await.unwrap().unwrap();
+    assert_eq!(
+        (got.status.as_str(), got.progress, got.virtual_key_id.get()),
+        ("completed", 100, 5)
+    );
+    let mut c = redis().await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{}:task:task-1", cfg.prefix))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "tasks expire");
+}
+
+#[tokio::test]
+async fn a_listener_that_has_received_nothing_yet_still_gets_what_was_published_while_disconnected()
+{
+    let cfg = config(1000);
+    let bp = RedisBackplane::connect(cfg.clone()).unwrap();
+    let publisher = RedisBackplane::connect(cfg.clone()).unwrap();
+    let key = Audience::Key(KeyId::new(12).unwrap());
+    // History from before the subscription must not be replayed to it.
+    publisher.publish(&[key], &event("old")).await.unwrap();
+    let (mb, mut rx) = Mailbox::new(1 << 20);
+    let _sub = bp.subscribe(key, mb).await.unwrap();
+    let mut c = redis().await;
+    let _: Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        publisher
+            .publish(&[key], &event(&format!("while-down-{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        assert_eq!(next(&mut rx).await, format!("while-down-{i}"));
+    }
+    assert!(rx.try_recv().is_none(), "nothing older, nothing twice");
+}

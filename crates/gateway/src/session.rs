@@ -1,0 +1,706 @@
+//! One task per connection: handshake, then a single loop over the socket, the mailbox, a
+//! timer (keep-alive ping, client timeout, key expiry) and shutdown. Replays for resume run
+//! inline, before the live events queued meanwhile, which are deduplicated by position.
+use crate::Inner;
+use crate::auth::Principal;
+use crate::cursor::Cursor;
+use crate::hubs::{Hub, HubMethod};
+use crate::protocol::{self, ClientMessage};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use herald_backplane::{Delivery, MailboxReceiver, Received, Subscription};
+use herald_domain::{Audience, KeyHash, KeyId};
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Records are batched into one WebSocket frame up to about this size.
+const FRAME_TARGET: usize = 16 * 1024;
+/// How long closing may take (sending the Close, waiting for the client's close reply).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the upgrade handler established for a connection.
+pub(crate) struct Setup {
+    pub hub: &'static Hub,
+    pub principal: Principal,
+    pub connection_id: String,
+    pub subscriptions: Vec<Subscription>,
+    pub receiver: MailboxReceiver,
+    /// `?cursor=` of the connect request.
+    pub resume: Option<Cursor>,
+}
+
+/// The session is over (socket gone or closed by us).
+struct Stop;
+type Step = Result<(), Stop>;
+
+enum ReplayError {
+    Stop,
+    Unavailable(String),
+}
+
+impl From<Stop> for ReplayError {
+    fn from(_: Stop) -> Self {
+        ReplayError::Stop
+    }
+}
+
+struct Session {
+    ws: WebSocket,
+    gw: Arc<Inner>,
+    hub: &'static Hub,
+    connection_id: String,
+    /// The audiences this connection listens to; nothing else is ever delivered.
+    audiences: Vec<Audience>,
+    /// Last position delivered (or skipped as already seen) per audience.
+    delivered: Cursor,
+    receiver: MailboxReceiver,
+    _subscriptions: Vec<Subscription>,
+    /// An incomplete record carried over to the next frame.
+    inbuf: Vec<u8>,
+    last_received: Instant,
+    last_sent: Instant,
+    key_expires: Option<Instant>,
+    /// The caller's key, re-checked in the store when its own stream carries a key change.
+    own_key: Option<(KeyId, KeyHash)>,
+    /// Master key or admin key: may subscribe to any task.
+    is_admin: bool,
+    /// Tasks named by `SubscribeToTask`; on a Conduit task hub, once any is named, only
+    /// these tasks' events are delivered.
+    tasks: std::collections::HashSet<String>,
+    /// Admin hub: keys named by `SubscribeToVirtualKey`; once any is named, other keys'
+    /// events are skipped (global ones still pass).
+    admin_keys: std::collections::HashSet<KeyId>,
+    recheck_key: bool,
+    shutdown: watch::Receiver<bool>,
+    /// Set when shutdown began: the moment this connection is closed.
+    drain_at: Option<Instant>,
+}
+
+/// Events on a key's stream after which the connection re-checks that its key is still usable.
+const KEY_CHANGES: [&str; 2] = ["VirtualKeyUpdated", "VirtualKeyDeleted"];
+
+fn expiry_instant(expires_at: Option<chrono::DateTime<chrono::Utc>>) -> Option<Instant> {
+    expires_at.map(|t| {
+        let left = (t - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        later(Instant::now(), left)
+    })
+}
+
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .unwrap_or_else(|| t + Duration::from_secs(365 * 86_400))
+}
+
+/// A uniformly random point in `[0, window)`: spreads reconnects over the drain window.
+fn drain_delay(window: Duration) -> Duration {
+    if window.is_zero() {
+        return Duration::ZERO;
+    }
+    let millis = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rand::random_range(0..millis))
+}
+
+/// Resolves once shutdown is requested (never if the gateway is gone).
+async fn stopping(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+struct Counted(Arc<Inner>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) async fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) {
+    gw.connections.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted(gw.clone());
+    let now = Instant::now();
+    let (key_expires, own_key) = match &setup.principal {
+        Principal::Key(k) => (
+            expiry_instant(k.expires_at),
+            Some((k.id, k.key_hash.clone())),
+        ),
+        Principal::Master => (None, None),
+    };
+    let audiences = setup.subscriptions.iter().map(|s| s.audience()).collect();
+    let shutdown = gw.shutdown.subscribe();
+    let who = match &setup.principal {
+        Principal::Key(k) => format!("key {}", k.id),
+        Principal::Master => "master".to_owned(),
+    };
+    let mut s = Session {
+        ws,
+        hub: setup.hub,
+        connection_id: setup.connection_id,
+        audiences,
+        delivered: Cursor::default(),
+        receiver: setup.receiver,
+        _subscriptions: setup.subscriptions,
+        inbuf: Vec::new(),
+        last_received: now,
+        last_sent: now,
+        key_expires,
+        own_key,
+        is_admin: setup.principal.is_admin(),
+        tasks: std::collections::HashSet::new(),
+        admin_keys: std::collections::HashSet::new(),
+        recheck_key: false,
+        shutdown,
+        drain_at: None,
+        gw,
+    };
+    tracing::debug!(connection = %s.connection_id, hub = s.hub.name, %who, "connected");
+    let _ = s.serve(setup.resume).await;
+    tracing::debug!(connection = %s.connection_id, hub = s.hub.name, %who, "disconnected");
+}
+
+impl Session {
+    async fn serve(&mut self, resume: Option<Cursor>) -> Step {
+        self.handshake().await?;
+        if let Some(cursor) = resume {
+            match self.replay(&cursor).await {
+                Ok(_) => {}
+                Err(ReplayError::Stop) => return Err(Stop),
+                Err(ReplayError::Unavailable(e)) => {
+                    tracing::warn!(connection = %self.connection_id, error = %e, "resume failed");
+                    return self
+                        .close(Some("History unavailable; reconnect to resume."), true)
+                        .await;
+                }
+            }
+        }
+        // Messages the client sent together with its handshake.
+        let carried = std::mem::take(&mut self.inbuf);
+        self.on_data(&carried).await?;
+        self.main_loop().await
+    }
+
+    async fn handshake(&mut self) -> Step {
+        let deadline = later(Instant::now(), self.gw.config.handshake_timeout);
+        loop {
+            if let Some((record, rest)) = protocol::take_record(&self.inbuf) {
+                let result = protocol::parse_handshake(record);
+                self.inbuf = rest.to_vec();
+                return match result {
+                    Ok(()) => self.send(protocol::HANDSHAKE_OK.to_owned()).await,
+                    Err(e) => self.refuse_handshake(&e).await,
+                };
+            }
+            if self.inbuf.len() > self.gw.config.max_message_bytes {
+                return self
+                    .refuse_handshake("Handshake request is too large.")
+                    .await;
+            }
+            let msg = tokio::select! {
+                () = stopping(&mut self.shutdown) => {
+                    self.close_socket().await;
+                    return Err(Stop);
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    let secs = self.gw.config.handshake_timeout.as_secs_f64();
+                    return self
+                        .refuse_handshake(&format!("Handshake was not received within {secs} seconds."))
+                        .await;
+                }
+                m = self.ws.recv() => m,
+            };
+            match msg {
+                Some(Ok(Message::Text(t))) => self.inbuf.extend_from_slice(t.as_bytes()),
+                Some(Ok(Message::Binary(b))) => self.inbuf.extend_from_slice(&b),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(Stop),
+            }
+        }
+    }
+
+    async fn refuse_handshake(&mut self, error: &str) -> Step {
+        tracing::debug!(connection = %self.connection_id, error, "handshake refused");
+        let _ =
+            tokio::time::timeout(CLOSE_GRACE, self.send(protocol::handshake_error(error))).await;
+        self.close_socket().await;
+        Err(Stop)
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let c = &self.gw.config;
+        let ping = later(self.last_sent, c.keepalive_interval);
+        let timeout = later(self.last_received, c.client_timeout);
+        let t = ping.min(timeout);
+        let t = self.drain_at.map_or(t, |d| t.min(d));
+        self.key_expires.map_or(t, |k| t.min(k))
+    }
+
+    async fn main_loop(&mut self) -> Step {
+        let timer = tokio::time::sleep_until(self.next_deadline());
+        tokio::pin!(timer);
+        loop {
+            let deadline = self.next_deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            // Biased: shutdown first, then what the client sent (so a client's message that is
+            // already here counts before the timeout is judged), then events.
+            tokio::select! {
+                biased;
+                () = stopping(&mut self.shutdown), if self.drain_at.is_none() => {
+                    // Keep delivering until this connection's turn in the drain window.
+                    let delay = drain_delay(self.gw.config.drain_window);
+                    if delay.is_zero() {
+                        return self.close(Some("Server is shutting down."), true).await;
+                    }
+                    self.drain_at = Some(later(Instant::now(), delay));
+                }
+                msg = self.ws.recv() => self.on_frame(msg).await?,
+                r = self.receiver.recv() => self.on_mailbox(r).await?,
+                () = &mut timer => self.on_timer().await?,
+            }
+        }
+    }
+
+    async fn on_timer(&mut self) -> Step {
+        let now = Instant::now();
+        if self.drain_at.is_some_and(|d| d <= now) {
+            return self.close(Some("Server is shutting down."), true).await;
+        }
+        if self.key_expires.is_some_and(|k| k <= now) {
+            return self.close(Some("The key expired."), false).await;
+        }
+        if now >= later(self.last_received, self.gw.config.client_timeout) {
+            return self
+                .close(
+                    Some("Server timeout elapsed without receiving a message from the client."),
+                    true,
+                )
+                .await;
+        }
+        if now >= later(self.last_sent, self.gw.config.keepalive_interval) {
+            self.send(protocol::PING.to_owned()).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, msg: Option<Result<Message, axum::Error>>) -> Step {
+        match msg {
+            None => Err(Stop),
+            Some(Err(e)) => {
+                // E.g. a message beyond the transport's hard limit or a protocol violation.
+                tracing::debug!(connection = %self.connection_id, error = %e, "websocket error");
+                self.close(Some(&format!("Connection error: {e}")), false)
+                    .await
+            }
+            Some(Ok(Message::Text(t))) => {
+                self.last_received = Instant::now();
+                self.on_data(t.as_bytes()).await
+            }
+            Some(Ok(Message::Binary(b))) => {
+                self.last_received = Instant::now();
+                self.on_data(&b).await
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+            Some(Ok(Message::Close(_))) => {
+                // Lets the transport flush its close reply.
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.recv()).await;
+                Err(Stop)
+            }
+        }
+    }
+
+    /// Handles the records in `data` (plus any incomplete record carried over).
+    async fn on_data(&mut self, data: &[u8]) -> Step {
+        let max = self.gw.config.max_message_bytes;
+        if data.len() > max || self.inbuf.len() + data.len() > max {
+            let error = format!("Message exceeds the maximum size of {max} bytes.");
+            return self.close(Some(&error), false).await;
+        }
+        let carried;
+        let mut rest = if self.inbuf.is_empty() {
+            data
+        } else {
+            self.inbuf.extend_from_slice(data);
+            carried = std::mem::take(&mut self.inbuf);
+            &carried[..]
+        };
+        while let Some((record, tail)) = protocol::take_record(rest) {
+            rest = tail;
+            if !record.iter().all(u8::is_ascii_whitespace) {
+                self.on_record(record).await?;
+            }
+        }
+        if !rest.is_empty() {
+            self.inbuf = rest.to_vec();
+        }
+        Ok(())
+    }
+
+    async fn on_record(&mut self, record: &[u8]) -> Step {
+        match protocol::parse_message(record) {
+            Err(e) => self.close(Some(&e), false).await,
+            Ok(ClientMessage::Invocation {
+                invocation_id,
+                target,
+                arguments,
+            }) => self.on_invocation(invocation_id, &target, arguments).await,
+            Ok(ClientMessage::StreamInvocation {
+                invocation_id,
+                target,
+            }) => match invocation_id {
+                Some(id) => {
+                    let error = format!("Streaming is not supported (method '{target}').");
+                    self.send(protocol::completion_error(&id, &error)).await
+                }
+                None => Ok(()),
+            },
+            Ok(ClientMessage::Ignored | ClientMessage::Ping) => Ok(()),
+            Ok(ClientMessage::Close { .. }) => {
+                // The client closes the socket itself; wait briefly for that.
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.recv()).await;
+                Err(Stop)
+            }
+        }
+    }
+
+    async fn on_invocation(
+        &mut self,
+        invocation_id: Option<String>,
+        target: &str,
+        arguments: Vec<Value>,
+    ) -> Step {
+        let outcome: Result<String, String> = match self.hub.method(target) {
+            None => Err(format!("Unknown hub method '{target}'")),
+            Some(HubMethod::Resume) => match arguments.as_slice() {
+                [Value::String(c)] => match Cursor::decode(c) {
+                    Ok(cursor) => match self.replay(&cursor).await {
+                        Ok(n) => Ok(format!("{{\"replayed\":{n}}}")),
+                        Err(ReplayError::Stop) => return Err(Stop),
+                        Err(ReplayError::Unavailable(e)) => {
+                            tracing::warn!(connection = %self.connection_id, error = %e, "resume failed");
+                            Err("History unavailable; try again.".to_owned())
+                        }
+                    },
+                    Err(e) => Err(e),
+                },
+                _ => Err("Resume expects one argument: the cursor string.".to_owned()),
+            },
+            Some(HubMethod::SubscribeToTask) => match arguments.as_slice() {
+                [Value::String(task)] => self.subscribe_to_task(task).await,
+                _ => Err("SubscribeToTask expects one argument: the task id.".to_owned()),
+            },
+            Some(m @ (HubMethod::SubscribeToVirtualKey | HubMethod::UnsubscribeFromVirtualKey)) => {
+                match arguments.as_slice() {
+                    [v] => match herald_domain::KeyRef::parse("virtualKeyId", v) {
+                        Ok(herald_domain::KeyRef::Id(id)) => {
+                            if m == HubMethod::SubscribeToVirtualKey {
+                                self.admin_keys.insert(id);
+                            } else {
+                                self.admin_keys.remove(&id);
+                            }
+                            Ok("null".to_owned())
+                        }
+                        _ => Err("Expected one argument: the virtual key id.".to_owned()),
+                    },
+                    _ => Err("Expected one argument: the virtual key id.".to_owned()),
+                }
+            }
+            Some(HubMethod::UnsubscribeFromTask) => match arguments.as_slice() {
+                [Value::String(task)] => {
+                    self.tasks.remove(task);
+                    Ok("null".to_owned())
+                }
+                _ => Err("UnsubscribeFromTask expects one argument: the task id.".to_owned()),
+            },
+        };
+        // Without an invocation id the client expects no completion.
+        let Some(id) = invocation_id else {
+            return Ok(());
+        };
+        let record = match outcome {
+            Ok(result) => protocol::completion_result(&id, &result),
+            Err(error) => protocol::completion_error(&id, &error),
+        };
+        self.send(record).await
+    }
+
+    /// Checks that the caller may see the task and returns its latest state (Conduit's
+    /// HubException messages on refusal).
+    async fn subscribe_to_task(&mut self, task: &str) -> Result<String, String> {
+        let state = match self.gw.backplane.task(task).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err("Task not found".to_owned()),
+            Err(e) => {
+                tracing::warn!(connection = %self.connection_id, error = %e, "task lookup failed");
+                return Err("Task state unavailable; try again.".to_owned());
+            }
+        };
+        let owns = self
+            .own_key
+            .as_ref()
+            .is_some_and(|(id, _)| *id == state.virtual_key_id);
+        if !owns && !self.is_admin {
+            return Err("Unauthorized access to task".to_owned());
+        }
+        self.tasks.insert(task.to_owned());
+        serde_json::to_string(&state).map_err(|_| "Task state unavailable; try again.".to_owned())
+    }
+
+    /// Conduit's task hub: the object event (image/video families) plus the positional method
+    /// for its phase; generic `Task*` events only positionally. `false` when nothing is
+    /// written (another task than the ones subscribed, or a phase without a method).
+    fn render_conduit_task(&self, d: &Delivery, cursor: &str, buf: &mut String) -> bool {
+        let Ok(v) = serde_json::from_str::<Value>(d.event.payload.get()) else {
+            return false;
+        };
+        let task_id = v["taskId"].as_str().unwrap_or_default();
+        if !self.tasks.is_empty() && !self.tasks.contains(task_id) {
+            return false;
+        }
+        let generic = d.event.name.starts_with("Task");
+        let mut wrote = false;
+        if !generic {
+            protocol::push_invocation(buf, &d.event.name, d.event.payload.get(), Some(cursor));
+            wrote = true;
+        }
+        let id = Value::String(task_id.to_owned());
+        let or_null = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+        let positional = match v["status"].as_str() {
+            Some("running") => Some((
+                "TaskProgress",
+                vec![id, or_null("progress"), or_null("message")],
+            )),
+            Some("completed") => Some(("TaskCompleted", vec![id, or_null("result")])),
+            Some("failed") => Some((
+                "TaskFailed",
+                vec![
+                    id,
+                    or_null("error"),
+                    v.get("isRetryable").cloned().unwrap_or(Value::Bool(false)),
+                ],
+            )),
+            Some("cancelled") => {
+                let reason = v
+                    .get("reason")
+                    .or(v.get("message"))
+                    .or(v.get("error"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                Some(("TaskCancelled", vec![id, reason]))
+            }
+            _ => None,
+        };
+        if let Some((target, args)) = positional {
+            protocol::push_positional(buf, target, &args);
+            wrote = true;
+        }
+        wrote
+    }
+
+    /// Appends the record for `d` to `buf` unless the connection already has it or the hub does
+    /// not forward it; either way its position counts as delivered. Returns whether a record
+    /// was written.
+    fn render(&mut self, d: &Delivery, buf: &mut String) -> bool {
+        // Defence in depth for "never another key's events": only our own audiences.
+        if !self.audiences.contains(&d.audience) {
+            return false;
+        }
+        if self
+            .delivered
+            .get(d.audience)
+            .is_some_and(|last| d.position <= last)
+        {
+            return false;
+        }
+        self.delivered.set(d.audience, d.position);
+        if let Some((own, _)) = &self.own_key
+            && d.audience == Audience::Key(*own)
+            && KEY_CHANGES
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&d.event.name))
+        {
+            self.recheck_key = true;
+        }
+        if !self.hub.forwards(&d.event.name) {
+            return false;
+        }
+        if !self.admin_keys.is_empty()
+            && d.event
+                .key_id
+                .is_some_and(|k| !self.admin_keys.contains(&k))
+        {
+            return false;
+        }
+        let cursor = self.delivered.encode();
+        if self.hub.conduit_tasks {
+            return self.render_conduit_task(d, &cursor, buf);
+        }
+        protocol::push_invocation(buf, &d.event.name, d.event.payload.get(), Some(&cursor));
+        true
+    }
+
+    async fn on_mailbox(&mut self, r: Received) -> Step {
+        match r {
+            Received::Delivery(d) => {
+                let mut buf = String::new();
+                self.render(&d, &mut buf);
+                // Everything already queued goes out in the same frame.
+                while buf.len() < FRAME_TARGET {
+                    match self.receiver.try_recv() {
+                        Some(Received::Delivery(d)) => {
+                            self.render(&d, &mut buf);
+                        }
+                        Some(Received::Overflowed) => return self.slow_consumer().await,
+                        Some(Received::Closed) | None => break,
+                    }
+                }
+                if !buf.is_empty() {
+                    self.send(buf).await?;
+                }
+                if std::mem::take(&mut self.recheck_key) {
+                    self.recheck_key().await?;
+                }
+                Ok(())
+            }
+            Received::Overflowed => self.slow_consumer().await,
+            Received::Closed => self.close(Some("Subscription lost."), true).await,
+        }
+    }
+
+    /// Closes the connection when its key was deleted, disabled, expired or re-hashed; picks up
+    /// a changed expiry. A store outage keeps the connection (the next change re-checks).
+    async fn recheck_key(&mut self) -> Step {
+        let Some((id, hash)) = self.own_key.clone() else {
+            return Ok(());
+        };
+        match self.gw.store.key_by_id(id).await {
+            Ok(Some(k)) if k.key_hash == hash && k.is_usable(chrono::Utc::now()) => {
+                self.key_expires = expiry_instant(k.expires_at);
+                Ok(())
+            }
+            Ok(Some(_)) => {
+                self.close(Some("The key was disabled or has expired."), false)
+                    .await
+            }
+            Ok(None) => self.close(Some("The key was deleted."), false).await,
+            Err(e) => {
+                tracing::warn!(connection = %self.connection_id, error = %e, "key re-check failed");
+                Ok(())
+            }
+        }
+    }
+
+    async fn slow_consumer(&mut self) -> Step {
+        tracing::info!(connection = %self.connection_id, hub = self.hub.name, "slow consumer closed");
+        self.close(Some("slow consumer: outbound queue full"), true)
+            .await
+    }
+
+    /// Replays, per audience named in `from`, what follows both `from` and what this connection
+    /// already delivered, in stream order; returns the number of events sent.
+    async fn replay(&mut self, from: &Cursor) -> Result<usize, ReplayError> {
+        let page = self.gw.config.history_page;
+        let mut sent = 0;
+        for i in 0..self.audiences.len() {
+            let audience = self.audiences[i];
+            let Some(requested) = from.get(audience) else {
+                continue;
+            };
+            let start = match self.delivered.get(audience) {
+                Some(last) if last > requested => last,
+                _ => requested,
+            };
+            // Live events up to here are already with the client: skip them when they arrive.
+            self.delivered.set(audience, start);
+            let mut after = start;
+            let mut first = true;
+            loop {
+                let history = self
+                    .gw
+                    .backplane
+                    .history(audience, Some(after), page)
+                    .await
+                    .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+                let mut buf = String::new();
+                if first && history.gap {
+                    let payload = format!("{{\"audience\":\"{audience}\"}}");
+                    let cursor = self.delivered.encode();
+                    protocol::push_invocation(&mut buf, "ResumeGap", &payload, Some(&cursor));
+                }
+                first = false;
+                for d in &history.events {
+                    if self.render(d, &mut buf) {
+                        sent += 1;
+                    }
+                    if buf.len() >= FRAME_TARGET {
+                        self.send(std::mem::take(&mut buf)).await?;
+                    }
+                }
+                if !buf.is_empty() {
+                    self.send(buf).await?;
+                }
+                match history.events.last() {
+                    Some(d) if history.events.len() >= page => after = d.position,
+                    _ => break,
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    async fn send(&mut self, text: String) -> Step {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|_| Stop)?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    /// Sends a SignalR Close and ends the WebSocket. Always `Err(Stop)`: the session is over.
+    async fn close(&mut self, error: Option<&str>, allow_reconnect: bool) -> Step {
+        tracing::debug!(connection = %self.connection_id, error, allow_reconnect, "closing");
+        let record = protocol::close(error, allow_reconnect);
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.send(record)).await;
+        self.close_socket().await;
+        Err(Stop)
+    }
+
+    /// WebSocket close handshake, bounded in time. Waiting for the client's close reply lets
+    /// it read our last frames before the TCP connection goes away.
+    async fn close_socket(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            let frame = CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            };
+            if self.ws.send(Message::Close(Some(frame))).await.is_err() {
+                return;
+            }
+            while let Some(Ok(m)) = self.ws.recv().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drain_delays_fall_inside_the_window_and_spread_over_it() {
+        assert_eq!(drain_delay(Duration::ZERO), Duration::ZERO);
+        let window = Duration::from_secs(10);
+        let delays: Vec<Duration> = (0..1000).map(|_| drain_delay(window)).collect();
+        assert!(delays.iter().all(|d| *d < window));
+        // Both halves of the window are used (a constant delay would be a reconnect storm).
+        assert!(delays.iter().any(|d| *d < window / 2) && delays.iter().any(|d| *d >= window / 2));
+    }
+}

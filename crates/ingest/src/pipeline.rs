@@ -1,0 +1,932 @@
+//! From a decoded event to its durable effects: the budget engine in the store, then the
+//! outbound events on the backplane. Transport-independent: the AMQP consumer and
+//! `POST /v1/events` both drive it.
+//!
+//! Every step is idempotent, so processing the same message again (a redelivery after a crash,
+//! a second consumer) changes nothing: the backplane drops events whose id it has seen, the
+//! store fires each (key, period, threshold) once and keeps returning a fired alert until it is
+//! marked published.
+use crate::envelope::{self, MessageMeta};
+use herald_backplane::{BackplaneError, SharedBackplane};
+use herald_domain::budget::{self, SpendObservation, Thresholds};
+use herald_domain::catalog::{ChangeAction, TaskEvent, TaskState, VirtualKeyChanged};
+use herald_domain::{
+    Audience, BudgetPeriod, EventId, InboundEvent, InboundKind, Invalid, KeyId, KeyRef,
+    OutboundEvent, SpendUpdated, VirtualKey,
+};
+use herald_store::{SharedStore, StoreError};
+use rust_decimal::Decimal;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default)]
+pub struct PipelineConfig {
+    /// Used for keys without their own threshold list.
+    pub thresholds: Thresholds,
+}
+
+/// Why a message was not processed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// The message is bad and always will be: dead-letter it (HTTP: 400).
+    #[error("rejected: {0}")]
+    Rejected(Invalid),
+    /// A dependency is down: keep the message and retry (HTTP: 503).
+    #[error("dependency unavailable: {0}")]
+    Transient(String),
+    /// Not processable yet, e.g. a task event that arrives before the event naming its key:
+    /// retry it later, a bounded number of times, then dead-letter it with this reason.
+    #[error("deferred: {0}")]
+    Deferred(Invalid),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => Self::Transient(format!("store: {m}")),
+            // Retrying cannot resolve a contradiction in the data; dead-lettering keeps the
+            // message for an operator instead of stalling the queue behind it.
+            StoreError::Conflict(m) => Self::Rejected(Invalid::new(format!("conflict: {m}"))),
+        }
+    }
+}
+
+impl From<BackplaneError> for Failure {
+    fn from(e: BackplaneError) -> Self {
+        match e {
+            BackplaneError::Unavailable(m) => Self::Transient(format!("backplane: {m}")),
+        }
+    }
+}
+
+/// What processing one event did, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Processed {
+    pub event_id: EventId,
+    /// The inbound type, e.g. `SpendUpdated`.
+    pub event_type: &'static str,
+    pub key_id: Option<KeyId>,
+    /// Outbound events handed to the backplane (including alerts; repeats it dropped count
+    /// too, since the pipeline cannot tell them apart).
+    pub published: usize,
+    /// Budget alerts among `published`.
+    pub alerts: usize,
+}
+
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: PipelineConfig,
+    store: SharedStore,
+    backplane: SharedBackplane,
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig, store: SharedStore, backplane: SharedBackplane) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                backplane,
+            }),
+        }
+    }
+
+    /// Decodes one message and processes it.
+    pub async fn process(&self, body: &[u8], meta: &MessageMeta) -> Result<Processed, Failure> {
+        let ev = envelope::decode(body, meta).map_err(Failure::Rejected)?;
+        self.process_event(ev).await
+    }
+
+    /// Processes an already decoded event. `Ok` means its effects are durable.
+    pub async fn process_event(&self, ev: InboundEvent) -> Result<Processed, Failure> {
+        let global = [Audience::Global, Audience::Admin];
+        match &ev.kind {
+            InboundKind::SpendUpdated(s) => self.spend_updated(&ev, s).await,
+            InboundKind::ProviderHealthChanged(p) => {
+                let events = [
+                    OutboundEvent::with_fields(&ev, "ProviderHealthChanged", None, &p.fields),
+                    OutboundEvent::navigation(&ev, "provider", ChangeAction::Updated, &p.fields),
+                ];
+                self.publish_all(&ev, None, &global, &events).await
+            }
+            InboundKind::ModelsDiscovered(m) => {
+                let events = [OutboundEvent::with_fields(
+                    &ev,
+                    "ModelsDiscovered",
+                    None,
+                    &m.fields,
+                )];
+                self.publish_all(&ev, None, &global, &events).await
+            }
+            InboundKind::ModelMappingChanged(m) => {
+                let events = [OutboundEvent::navigation(
+                    &ev,
+                    "model_mapping",
+                    m.action,
+                    &m.fields,
+                )];
+                self.publish_all(&ev, None, &global, &events).await
+            }
+            InboundKind::VirtualKey(k) => self.key_changed(&ev, k).await,
+            InboundKind::Task(t) => self.task_event(&ev, t).await,
+        }
+    }
+
+    /// A task event goes to its owner's key only: the owner is named by the event or learnt
+    /// by the task registry from an earlier event of the same task. An event whose owner is
+    /// unknown is refused (dead-lettered with the reason), never sent to anyone else.
+    async fn task_event(&self, ev: &InboundEvent, t: &TaskEvent) -> Result<Processed, Failure> {
+        let backplane = &self.inner.backplane;
+        let previous = backplane.task(&t.task_id).await?;
+        let owner = match &t.key {
+            Some(KeyRef::Id(id)) => *id,
+            Some(KeyRef::Hash(h)) => match self.inner.store.key_by_hash(h).await? {
+                Some(k) => k.id,
+                None => return Err(Failure::Rejected(Invalid::new("unknown key hash"))),
+            },
+            None => match &previous {
+                Some(p) => p.virtual_key_id,
+                None => {
+                    return Err(Failure::Deferred(Invalid::new(format!(
+                        "unknown task owner for task {}",
+                        t.task_id
+                    ))));
+                }
+            },
+        };
+        if previous.as_ref().is_some_and(|p| p.virtual_key_id != owner) {
+            return Err(Failure::Rejected(Invalid::new(format!(
+                "task {} belongs to another key",
+                t.task_id
+            ))));
+        }
+        let state = TaskState::of(t, owner, ev.source_time, previous.as_ref());
+        backplane.record_task(&state).await?;
+        let mut fields = t.fields.clone();
+        fields.insert("taskId".into(), t.task_id.clone().into());
+        fields.insert("taskType".into(), t.task_type.clone().into());
+        fields.insert("status".into(), state.status.clone().into());
+        fields.insert("progress".into(), state.progress.into());
+        let event = OutboundEvent::with_fields(ev, t.type_name, Some(owner), &fields);
+        self.publish_all(
+            ev,
+            Some(owner),
+            &[Audience::Key(owner), Audience::Admin],
+            &[event],
+        )
+        .await
+    }
+
+    async fn publish_all(
+        &self,
+        ev: &InboundEvent,
+        key_id: Option<KeyId>,
+        audiences: &[Audience],
+        events: &[OutboundEvent],
+    ) -> Result<Processed, Failure> {
+        for e in events {
+            self.inner.backplane.publish(audiences, e).await?;
+        }
+        Ok(Processed {
+            event_id: ev.id.clone(),
+            event_type: ev.kind.type_name(),
+            key_id,
+            published: events.len(),
+            alerts: 0,
+        })
+    }
+
+    /// Keeps the key store current, then tells the key's connections (which re-check their
+    /// key: a disabled or deleted key's connections close) and the admins.
+    async fn key_changed(
+        &self,
+        ev: &InboundEvent,
+        k: &VirtualKeyChanged,
+    ) -> Result<Processed, Failure> {
+        let store = &self.inner.store;
+        match k.action {
+            ChangeAction::Deleted => {
+                store.delete_key(k.key_id).await?;
+            }
+            ChangeAction::Created | ChangeAction::Updated => {
+                let existing = store.key_by_id(k.key_id).await?;
+                let key = match (existing, &k.key_hash) {
+                    (Some(mut key), hash) => {
+                        if let Some(h) = hash {
+                            key.key_hash = h.clone();
+                        }
+                        Some(key)
+                    }
+                    (None, Some(h)) => Some(VirtualKey::new(
+                        k.key_id,
+                        h.clone(),
+                        format!("key {}", k.key_id),
+                    )),
+                    // An update of a key this store never saw, without its hash: nothing to
+                    // authenticate against, but clients of the key still hear about it.
+                    (None, None) => None,
+                };
+                if let Some(mut key) = key {
+                    if let Some(name) = &k.key_name {
+                        key.name = name.clone();
+                    }
+                    if let Some(enabled) = k.is_enabled {
+                        key.enabled = enabled;
+                    }
+                    if k.budget.is_some() || k.action == ChangeAction::Created {
+                        key.budget = k.budget.or(key.budget);
+                    }
+                    if let Some(period) = k.budget_period {
+                        key.budget_period = period;
+                    }
+                    if k.expires_at.is_some() {
+                        key.expires_at = k.expires_at;
+                    }
+                    if let Some(admin) = k.is_admin {
+                        key.is_admin = admin;
+                    }
+                    store.put_key(&key).await?;
+                }
+            }
+        }
+        let name = ev.kind.type_name();
+        let own = [Audience::Key(k.key_id), Audience::Admin];
+        self.inner
+            .backplane
+            .publish(
+                &own,
+                &OutboundEvent::with_fields(ev, name, Some(k.key_id), &k.fields),
+            )
+            .await?;
+        // Other keys must not learn about this key: navigation goes to admins only.
+        self.inner
+            .backplane
+            .publish(
+                &[Audience::Admin],
+                &OutboundEvent::navigation(ev, "virtual_key", k.action, &k.fields),
+            )
+            .await?;
+        Ok(Processed {
+            event_id: ev.id.clone(),
+            event_type: name,
+            key_id: Some(k.key_id),
+            published: 2,
+            alerts: 0,
+        })
+    }
+
+    async fn spend_updated(
+        &self,
+        ev: &InboundEvent,
+        s: &SpendUpdated,
+    ) -> Result<Processed, Failure> {
+        let store = &self.inner.store;
+        let key = match &s.key {
+            KeyRef::Id(id) => store.key_by_id(*id).await?,
+            KeyRef::Hash(h) => match store.key_by_hash(h).await? {
+                Some(k) => Some(k),
+                None => return Err(Failure::Rejected(Invalid::new("unknown key hash"))),
+            },
+        };
+        let key_id = match (&s.key, &key) {
+            (_, Some(k)) => k.id,
+            (KeyRef::Id(id), None) => *id,
+            (KeyRef::Hash(_), None) => {
+                return Err(Failure::Rejected(Invalid::new("unknown key hash")));
+            }
+        };
+        let budget = s.budget.or(key.as_ref().and_then(|k| k.budget));
+        let period = s
+            .budget_period
+            .or(key.as_ref().map(|k| k.budget_period))
+            .unwrap_or(BudgetPeriod::Total);
+        let period_start = s
+            .period_start
+            .unwrap_or_else(|| budget::period_start(period, ev.source_time));
+        let thresholds = match key.as_ref().and_then(|k| k.alert_thresholds.clone()) {
+            Some(list) => Thresholds::from_list(list).unwrap_or_else(|e| {
+                tracing::warn!(key_id = %key_id, error = %e, "stored alert thresholds are invalid; using the default");
+                self.inner.config.thresholds.clone()
+            }),
+            None => self.inner.config.thresholds.clone(),
+        };
+
+        store
+            .record_spend(key_id, s.new_total_spend, ev.source_time)
+            .await?;
+        let pending = match budget {
+            Some(b) if b > Decimal::ZERO => {
+                store
+                    .evaluate_budget(&SpendObservation {
+                        key_id,
+                        event_id: ev.id.clone(),
+                        source_time: ev.source_time,
+                        total_spend: s.new_total_spend,
+                        budget: b,
+                        period,
+                        period_start,
+                        thresholds,
+                    })
+                    .await?
+            }
+            _ => Vec::new(),
+        };
+
+        let audiences = [Audience::Key(key_id), Audience::Admin];
+        let backplane = &self.inner.backplane;
+        backplane
+            .publish(
+                &audiences,
+                &OutboundEvent::spend_update(ev, s, key_id, budget),
+            )
+            .await?;
+        let mut alerts = 0;
+        for alert in pending {
+            let mut event = alert.event;
+            if event.traceparent.is_none() {
+                event.traceparent = ev.traceparent.clone();
+            }
+            // Alerts belong to the key they name (pending may hold an earlier, unconfirmed one).
+            let audiences = match event.key_id {
+                Some(k) => [Audience::Key(k), Audience::Admin],
+                None => audiences,
+            };
+            backplane.publish(&audiences, &event).await?;
+            store.mark_alert_published(&event.event_id).await?;
+            alerts += 1;
+        }
+        Ok(Processed {
+            event_id: ev.id.clone(),
+            event_type: ev.kind.type_name(),
+            key_id: Some(key_id),
+            published: 1 + alerts,
+            alerts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use herald_backplane::{Backplane, Mailbox, MailboxReceiver, MemoryBackplane, Received};
+    use herald_domain::{KeyHash, VirtualKey};
+    use herald_store::{MemoryStore, PendingAlert, Store};
+    use std::str::FromStr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    struct Fixture {
+        store: Arc<MemoryStore>,
+        backplane: Arc<MemoryBackplane>,
+        pipeline: Pipeline,
+    }
+
+    fn fixture() -> Fixture {
+        let store = Arc::new(MemoryStore::new());
+        let backplane = Arc::new(MemoryBackplane::new(1000));
+        let pipeline = Pipeline::new(PipelineConfig::default(), store.clone(), backplane.clone());
+        Fixture {
+            store,
+            backplane,
+            pipeline,
+        }
+    }
+
+    async fn listen(
+        bp: &MemoryBackplane,
+        a: Audience,
+    ) -> (MailboxReceiver, herald_backplane::Subscription) {
+        let (mb, rx) = Mailbox::new(1 << 20);
+        let sub = bp.subscribe(a, mb).await.unwrap();
+        (rx, sub)
+    }
+
+    fn drain(rx: &mut MailboxReceiver) -> Vec<(String, String)> {
+        let mut out = vec![];
+        while let Some(Received::Delivery(d)) = rx.try_recv() {
+            out.push((d.event.name.clone(), d.event.payload.get().to_owned()));
+        }
+        out
+    }
+
+    async fn key(store: &MemoryStore, id: i64, budget: Option<&str>) -> VirtualKey {
+        let mut k = VirtualKey::new(
+            KeyId::new(id).unwrap(),
+            KeyHash::of_raw(&format!("condt_{id}")),
+            "k",
+        );
+        k.budget = budget.map(d);
+        store.put_key(&k).await.unwrap();
+        k
+    }
+
+    fn mt(id: &str, body: &str) -> Vec<u8> {
+        format!(
+            r#"{{"messageId":"{id}","messageType":["urn:message:ConduitLLM.Core.Events:SpendUpdated"],"message":{body},"sentTime":"2026-01-02T03:04:05Z"}}"#
+        )
+        .into_bytes()
+    }
+
+    fn meta() -> MessageMeta {
+        MessageMeta::default()
+    }
+
+    fn typed(id: &str, event_type: &str, body: &str) -> Vec<u8> {
+        format!(
+            r#"{{"messageId":"{id}","messageType":["urn:message:ConduitLLM.Core.Events:{event_type}"],"message":{body},"sentTime":"2026-01-02T03:04:05Z"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn global_events_go_to_global_and_admin_never_to_a_key() {
+        let f = fixture();
+        let (mut global, _g) = listen(&f.backplane, Audience::Global).await;
+        let (mut admin, _a) = listen(&f.backplane, Audience::Admin).await;
+        let (mut own, _k) = listen(&f.backplane, Audience::Key(KeyId::new(1).unwrap())).await;
+        let health = typed(
+            "ph-1",
+            "ProviderHealthChanged",
+            r#"{"ProviderId":3,"Status":"Unhealthy","Error":"timeout"}"#,
+        );
+        let models = typed(
+            "md-1",
+            "ModelCapabilitiesDiscovered",
+            r#"{"providerId":3,"models":["gpt-4o"]}"#,
+        );
+        let mapping = typed(
+            "mm-1",
+            "ModelMappingChanged",
+            r#"{"mappingId":5,"modelAlias":"fast","providerId":3,"isEnabled":true,"changeType":"Created"}"#,
+        );
+        for m in [&health, &models, &mapping] {
+            f.pipeline.process(m, &meta()).await.unwrap();
+        }
+        let names: Vec<String> = drain(&mut global).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "ProviderHealthChanged",
+                "NavigationStateUpdated",
+                "ModelsDiscovered",
+                "NavigationStateUpdated"
+            ]
+        );
+        assert_eq!(drain(&mut admin).len(), 4);
+        assert!(drain(&mut own).is_empty());
+    }
+
+    #[tokio::test]
+    async fn key_lifecycle_events_keep_the_store_current_and_reach_only_that_key() {
+        let f = fixture();
+        let hash = KeyHash::of_raw("condt_lifecycle");
+        let (mut own, _k) = listen(&f.backplane, Audience::Key(KeyId::new(4).unwrap())).await;
+        let (mut other, _o) = listen(&f.backplane, Audience::Key(KeyId::new(5).unwrap())).await;
+        let (mut global, _g) = listen(&f.backplane, Audience::Global).await;
+        let created = typed(
+            "kc-1",
+            "VirtualKeyCreated",
+            &format!(
+                r#"{{"KeyId":4,"KeyHash":"{}","KeyName":"ci","Budget":25.00,"BudgetPeriod":"Monthly"}}"#,
+                hash.as_str()
+            ),
+        );
+        f.pipeline.process(&created, &meta()).await.unwrap();
+        let k = f.store.key_by_hash(&hash).await.unwrap().expect("stored");
+        assert_eq!(
+            (
+                k.id.get(),
+                k.name.as_str(),
+                k.budget.map(|b| b.to_string()),
+                k.enabled
+            ),
+            (4, "ci", Some("25.00".into()), true)
+        );
+        let disabled = typed(
+            "ku-1",
+            "VirtualKeyUpdated",
+            r#"{"keyId":4,"isEnabled":false,"changedProperties":["IsEnabled"]}"#,
+        );
+        f.pipeline.process(&disabled, &meta()).await.unwrap();
+        let k = f
+            .store
+            .key_by_id(KeyId::new(4).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!k.enabled);
+        assert_eq!(
+            k.budget.map(|b| b.to_string()),
+            Some("25.00".into()),
+            "an update keeps what it does not name"
+        );
+        f.pipeline
+            .process(
+                &typed("kd-1", "VirtualKeyDeleted", r#"{"keyId":4}"#),
+                &meta(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            f.store
+                .key_by_id(KeyId::new(4).unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let names: Vec<String> = drain(&mut own).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "VirtualKeyCreated",
+                "VirtualKeyUpdated",
+                "VirtualKeyDeleted"
+            ]
+        );
+        assert!(
+            drain(&mut other).is_empty() && drain(&mut global).is_empty(),
+            "no other key or global listener hears of it"
+        );
+    }
+
+    #[tokio::test]
+    async fn task_events_reach_their_owner_through_the_registry_and_unknown_owners_wait() {
+        let f = fixture();
+        let (mut own, _k) = listen(&f.backplane, Audience::Key(KeyId::new(3).unwrap())).await;
+        let (mut other, _o) = listen(&f.backplane, Audience::Key(KeyId::new(4).unwrap())).await;
+        // No owner named and none known: deferred (retried later), delivered to no one.
+        let orphan = typed(
+            "t-0",
+            "ImageGenerationProgress",
+            r#"{"taskId":"orphan","progress":10}"#,
+        );
+        match f.pipeline.process(&orphan, &meta()).await {
+            Err(Failure::Deferred(r)) => assert!(r.0.contains("unknown task owner"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        // The request names the key; later events of the task do not need to.
+        let requested = typed(
+            "v-1",
+            "VideoGenerationRequested",
+            r#"{"RequestId":"vid-1","VirtualKeyId":3,"Prompt":"a cat"}"#,
+        );
+        let progress = typed(
+            "v-2",
+            "VideoGenerationProgress",
+            r#"{"requestId":"vid-1","progress":40,"message":"rendering"}"#,
+        );
+        let done = typed(
+            "v-3",
+            "VideoGenerationCompleted",
+            r#"{"requestId":"vid-1","videoUrl":"https://cdn/v.mp4"}"#,
+        );
+        let late = typed(
+            "v-4",
+            "VideoGenerationProgress",
+            r#"{"requestId":"vid-1","progress":90}"#,
+        );
+        for m in [&requested, &progress, &done, &late] {
+            f.pipeline.process(m, &meta()).await.unwrap();
+        }
+        let got = drain(&mut own);
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "VideoGenerationRequested",
+                "VideoGenerationProgress",
+                "VideoGenerationCompleted",
+                "VideoGenerationProgress"
+            ]
+        );
+        assert!(
+            got[1].1.contains(r#""progress":40"#) && got[1].1.contains(r#""status":"running""#),
+            "{}",
+            got[1].1
+        );
+        assert!(
+            got[2].1.contains(r#""progress":100"#)
+                && got[2].1.contains(r#""videoUrl":"https://cdn/v.mp4""#),
+            "{}",
+            got[2].1
+        );
+        assert!(drain(&mut other).is_empty());
+        let state = f.backplane.task("vid-1").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                state.status.as_str(),
+                state.progress,
+                state.virtual_key_id.get()
+            ),
+            ("completed", 100, 3),
+            "a late progress event does not undo completion"
+        );
+        // Another key cannot take over the task.
+        let hijack = typed(
+            "v-5",
+            "TaskProgress",
+            r#"{"taskId":"vid-1","virtualKeyId":4,"taskType":"video","progress":50}"#,
+        );
+        assert!(matches!(
+            f.pipeline.process(&hijack, &meta()).await,
+            Err(Failure::Rejected(_))
+        ));
+        assert!(drain(&mut other).is_empty());
+    }
+
+    #[tokio::test]
+    async fn spend_update_payload_is_exact() {
+        let f = fixture();
+        key(&f.store, 7, Some("50.00")).await;
+        let (mut rx, _s) = listen(&f.backplane, Audience::Key(KeyId::new(7).unwrap())).await;
+        let (mut admin, _a) = listen(&f.backplane, Audience::Admin).await;
+        let p = f
+            .pipeline
+            .process(
+                &mt(
+                    "m-1",
+                    r#"{"keyId":7,"amount":0.000123,"newTotalSpend":12.50,"requestId":"r1"}"#,
+                ),
+                &meta(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(p.event_id.as_str(), "m-1");
+        assert_eq!((p.published, p.alerts), (1, 0));
+        assert_eq!(p.key_id, KeyId::new(7).ok());
+        let got = drain(&mut rx);
+        assert_eq!(
+            got,
+            vec![(
+                "SpendUpdate".to_owned(),
+                r#"{"eventId":"m-1","timestamp":"2026-01-02T03:04:05Z","virtualKeyId":7,"newSpend":0.000123,"totalSpend":12.50,"budget":50.00,"budgetRemaining":37.5,"budgetPercentage":25,"requestId":"r1"}"#.to_owned()
+            )]
+        );
+        assert_eq!(drain(&mut admin), got);
+        let stored = f
+            .store
+            .key_by_id(KeyId::new(7).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.current_spend.to_string(), "12.50");
+    }
+
+    #[tokio::test]
+    async fn unknown_key_id_still_delivers_and_event_budget_wins() {
+        let f = fixture();
+        let (mut rx, _s) = listen(&f.backplane, Audience::Key(KeyId::new(99).unwrap())).await;
+        let p = f
+            .pipeline
+            .process(
+                &mt(
+                    "m-1",
+                    r#"{"keyId":99,"amount":1,"newTotalSpend":60,"budget":100}"#,
+                ),
+                &meta(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((p.published, p.alerts), (2, 1));
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, "SpendUpdate");
+        assert_eq!(got[1].0, "BudgetAlert");
+        assert!(
+            got[1].1.contains(r#""alertType":"budget_50_percent""#),
+            "{}",
+            got[1].1
+        );
+        assert!(got[1].1.contains(r#""sourceEventId":"m-1""#));
+    }
+
+    #[tokio::test]
+    async fn same_message_twice_fires_once() {
+        let f = fixture();
+        key(&f.store, 1, Some("100")).await;
+        let (mut rx, _s) = listen(&f.backplane, Audience::Key(KeyId::new(1).unwrap())).await;
+        let body = mt("m-1", r#"{"keyId":1,"amount":80,"newTotalSpend":80}"#);
+        f.pipeline.process(&body, &meta()).await.unwrap();
+        let again = f.pipeline.process(&body, &meta()).await.unwrap();
+        assert_eq!(again.alerts, 0);
+        let names: Vec<_> = drain(&mut rx).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["SpendUpdate", "BudgetAlert"]);
+    }
+
+    #[tokio::test]
+    async fn a_jump_across_thresholds_fires_one_alert() {
+        let f = fixture();
+        key(&f.store, 1, Some("10")).await;
+        let (mut rx, _s) = listen(&f.backplane, Audience::Admin).await;
+        let p = f
+            .pipeline
+            .process(
+                &mt("m-1", r#"{"keyId":1,"amount":9.5,"newTotalSpend":9.5}"#),
+                &meta(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(p.alerts, 1);
+        let got = drain(&mut rx);
+        let alerts: Vec<_> = got.iter().filter(|(n, _)| n == "BudgetAlert").collect();
+        assert_eq!(alerts.len(), 1);
+        assert!(alerts[0].1.contains(r#""threshold":90"#), "{}", alerts[0].1);
+        assert!(alerts[0].1.contains(r#""severity":"critical""#));
+        // 75 and 50 were marked: a later, higher spend below 100 fires nothing.
+        let p = f
+            .pipeline
+            .process(
+                &mt("m-2", r#"{"keyId":1,"amount":0.1,"newTotalSpend":9.6}"#),
+                &meta(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(p.alerts, 0);
+    }
+
+    #[tokio::test]
+    async fn per_key_thresholds_override_the_default() {
+        let f = fixture();
+        let mut k = key(&f.store, 3, Some("100")).await;
+        k.alert_thresholds = Some(vec![20]);
+        f.store.put_key(&k).await.unwrap();
+        let p = f
+            .pipeline
+            .process(
+                &mt("m-1", r#"{"keyId":3,"amount":25,"newTotalSpend":25}"#),
+                &meta(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(p.alerts, 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_pipelines_on_one_key_fire_once() {
+        let f = fixture();
+        key(&f.store, 1, Some("100")).await;
+        let (mut rx, _s) = listen(&f.backplane, Audience::Key(KeyId::new(1).unwrap())).await;
+        let other = Pipeline::new(
+            PipelineConfig::default(),
+            f.store.clone(),
+            f.backplane.clone(),
+        );
+        let mut tasks = vec![];
+        for i in 0..16 {
+            let p = if i % 2 == 0 {
+                f.pipeline.clone()
+            } else {
+                other.clone()
+            };
+            let body = mt(
+                &format!("m-{i}"),
+                r#"{"keyId":1,"amount":1,"newTotalSpend":95}"#,
+            );
+            tasks.push(tokio::spawn(async move { p.process(&body, &meta()).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let got = drain(&mut rx);
+        assert_eq!(got.iter().filter(|(n, _)| n == "SpendUpdate").count(), 16);
+        assert_eq!(got.iter().filter(|(n, _)| n == "BudgetAlert").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn key_by_hash_and_unknown_hash() {
+        let f = fixture();
+        let k = key(&f.store, 5, None).await;
+        let (mut rx, _s) = listen(&f.backplane, Audience::Key(KeyId::new(5).unwrap())).await;
+        let body = mt(
+            "m-1",
+            &format!(
+                r#"{{"virtualKeyId":"{}","amount":1,"newTotalSpend":2}}"#,
+                k.key_hash
+            ),
+        );
+        let p = f.pipeline.process(&body, &meta()).await.unwrap();
+        assert_eq!(p.key_id, Some(k.id));
+        assert_eq!(drain(&mut rx).len(), 1);
+        let unknown = KeyHash::of_raw("nobody");
+        let body = mt(
+            "m-2",
+            &format!(r#"{{"keyId":"{unknown}","amount":1,"newTotalSpend":2}}"#),
+        );
+        assert_eq!(
+            f.pipeline.process(&body, &meta()).await,
+            Err(Failure::Rejected(Invalid::new("unknown key hash")))
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_rejected() {
+        let f = fixture();
+        for body in [
+            &b"nope"[..],
+            &mt("m", r#"{"keyId":1,"amount":-1,"newTotalSpend":1}"#),
+        ] {
+            assert!(matches!(
+                f.pipeline.process(body, &meta()).await,
+                Err(Failure::Rejected(_))
+            ));
+        }
+    }
+
+    /// A store whose `fail_call`-th call (1-based, counted in `calls`) fails as unavailable.
+    struct Flaky {
+        inner: MemoryStore,
+        calls: AtomicUsize,
+        fail_call: AtomicUsize,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), StoreError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == self.fail_call.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl Store for Flaky {
+        async fn key_by_hash(&self, h: &KeyHash) -> Result<Option<VirtualKey>, StoreError> {
+            self.check()?;
+            self.inner.key_by_hash(h).await
+        }
+        async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError> {
+            self.check()?;
+            self.inner.key_by_id(id).await
+        }
+        async fn put_key(&self, k: &VirtualKey) -> Result<(), StoreError> {
+            self.inner.put_key(k).await
+        }
+        async fn delete_key(&self, id: KeyId) -> Result<bool, StoreError> {
+            self.inner.delete_key(id).await
+        }
+        async fn record_spend(
+            &self,
+            id: KeyId,
+            total: Decimal,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.record_spend(id, total, at).await
+        }
+        async fn evaluate_budget(
+            &self,
+            o: &SpendObservation,
+        ) -> Result<Vec<PendingAlert>, StoreError> {
+            self.check()?;
+            self.inner.evaluate_budget(o).await
+        }
+        async fn mark_alert_published(&self, a: &EventId) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.mark_alert_published(a).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.check()
+        }
+    }
+
+    #[tokio::test]
+    async fn store_outage_is_transient_and_a_retry_completes_the_work() {
+        let store = Arc::new(Flaky {
+            inner: MemoryStore::new(),
+            calls: AtomicUsize::new(0),
+            fail_call: AtomicUsize::new(0),
+        });
+        let backplane = Arc::new(MemoryBackplane::new(100));
+        let p = Pipeline::new(PipelineConfig::default(), store.clone(), backplane.clone());
+        let (mut rx, _s) = listen(&backplane, Audience::Admin).await;
+        let body = mt(
+            "m-1",
+            r#"{"keyId":1,"amount":1,"newTotalSpend":60,"budget":100}"#,
+        );
+        // Fails at each step in turn: key lookup, record, evaluate, and after publishing (mark).
+        for n in 1..=4 {
+            store.calls.store(0, Ordering::SeqCst);
+            store.fail_call.store(n, Ordering::SeqCst);
+            let r = p.process(&body, &meta()).await;
+            assert!(
+                matches!(&r, Err(Failure::Transient(m)) if m.contains("down")),
+                "step {n}: {r:?}"
+            );
+        }
+        store.fail_call.store(0, Ordering::SeqCst);
+        let done = p.process(&body, &meta()).await.unwrap();
+        // The alert went out before the failed mark, so it is still pending and handed to the
+        // backplane again; the backplane drops the repeat.
+        assert_eq!(done.alerts, 1);
+        let names: Vec<_> = drain(&mut rx).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["SpendUpdate", "BudgetAlert"]);
+    }
+}

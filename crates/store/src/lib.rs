@@ -1,0 +1,64 @@
+//! The durable record (DESIGN §3): virtual keys and budget alert state. PostgreSQL in
+//! production; an in-memory store for `standalone` with no configuration. Both apply the same
+//! pure budget rules from `herald_domain::budget`.
+#![forbid(unsafe_code)]
+
+mod memory;
+mod postgres;
+
+pub use memory::MemoryStore;
+pub use postgres::{PostgresStore, migrate};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use herald_domain::budget::SpendObservation;
+use herald_domain::{EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
+use rust_decimal::Decimal;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or failed; the caller retries later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The write contradicts what is stored (e.g. a key hash already used by another id).
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+/// A budget alert that must be published: newly fired, or fired earlier and not yet confirmed
+/// as published (the consumer crashed in between). Publishing it again is harmless: its event
+/// id is stable, so the backplane drops the repeat.
+#[derive(Debug, Clone)]
+pub struct PendingAlert {
+    pub event: OutboundEvent,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<VirtualKey>, StoreError>;
+    async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError>;
+    /// Inserts or replaces the key with this id. `Conflict` if its hash belongs to another id.
+    async fn put_key(&self, key: &VirtualKey) -> Result<(), StoreError>;
+    /// Removes the key; `false` if there was none.
+    async fn delete_key(&self, id: KeyId) -> Result<bool, StoreError>;
+    /// Stores the key's running total, unless a newer (by source time) total is already stored.
+    async fn record_spend(
+        &self,
+        id: KeyId,
+        total: Decimal,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Applies the budget rules to `obs` atomically for its key and period (safe with many
+    /// consumers) and returns every alert of that key still to be published.
+    async fn evaluate_budget(
+        &self,
+        obs: &SpendObservation,
+    ) -> Result<Vec<PendingAlert>, StoreError>;
+    /// Records that the alert reached the backplane.
+    async fn mark_alert_published(&self, alert: &EventId) -> Result<(), StoreError>;
+    /// Ok while the store is reachable.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub type SharedStore = Arc<dyn Store>;

@@ -1,0 +1,296 @@
+#![allow(clippy::unwrap_used)]
+//! The same contract, run against the in-memory store and a real PostgreSQL database (one fresh
+//! database per test).
+use chrono::{DateTime, Utc};
+use herald_domain::budget::{SpendObservation, Thresholds};
+use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, VirtualKey};
+use herald_store::{MemoryStore, PostgresStore, SharedStore, Store, StoreError};
+use rust_decimal::Decimal;
+use std::str::FromStr;
+use std::sync::Arc;
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh, migrated database; dropped when the guard goes.
+struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn new() -> Self {
+        let name = format!("herald_store_{:016x}", rand::random::<u64>());
+        let (client, conn) = tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls)
+            .await
+            .expect("postgres reachable");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        assert_eq!(herald_store::migrate(&url).await.expect("migrate"), vec![1]);
+        assert!(
+            herald_store::migrate(&url)
+                .await
+                .expect("migrate again")
+                .is_empty(),
+            "migrations are idempotent"
+        );
+        Self { name, url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Best effort; a leftover database does not affect other tests.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok((c, conn)) =
+                        tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = c
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                    }
+                });
+            }
+        })
+        .join()
+        .ok();
+    }
+}
+
+async fn stores() -> (Vec<(&'static str, SharedStore)>, TestDb) {
+    let db = TestDb::new().await;
+    let pg: SharedStore = Arc::new(PostgresStore::connect(&db.url, 8).expect("pool"));
+    (
+        vec![("memory", Arc::new(MemoryStore::new())), ("postgres", pg)],
+        db,
+    )
+}
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn key(id: i64, raw: &str) -> VirtualKey {
+    let mut k = VirtualKey::new(
+        KeyId::new(id).unwrap(),
+        KeyHash::of_raw(raw),
+        format!("key {id}"),
+    );
+    k.budget = Some(d("100.00"));
+    k
+}
+
+fn obs(key: i64, event: &str, spend: &str, at: &str) -> SpendObservation {
+    SpendObservation {
+        key_id: KeyId::new(key).unwrap(),
+        event_id: EventId::parse(event).unwrap(),
+        source_time: t(at),
+        total_spend: d(spend),
+        budget: d("100.00"),
+        period: BudgetPeriod::Monthly,
+        period_start: t("2026-11-01T00:00:00Z"),
+        thresholds: Thresholds::default(),
+    }
+}
+
+#[tokio::test]
+async fn keys_round_trip_and_hashes_are_unique() {
+    let (stores, _db) = stores().await;
+    for (name, s) in stores {
+        let mut k = key(1, "condt_one");
+        k.alert_thresholds = Some(vec![25, 80]);
+        k.expires_at = Some(t("2030-01-01T00:00:00Z"));
+        s.put_key(&k).await.unwrap();
+        let got = s
+            .key_by_hash(&KeyHash::of_raw("condt_one"))
+            .await
+            .unwrap()
+            .expect(name);
+        assert_eq!(
+            (
+                got.id,
+                got.budget,
+                got.alert_thresholds.clone(),
+                got.expires_at
+            ),
+            (k.id, k.budget, k.alert_thresholds.clone(), k.expires_at),
+            "{name}"
+        );
+        assert_eq!(
+            got.budget.unwrap().to_string(),
+            "100.00",
+            "{name}: scale kept"
+        );
+        assert!(
+            s.key_by_hash(&KeyHash::of_raw("other"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+        let clash = key(2, "condt_one");
+        assert!(
+            matches!(s.put_key(&clash).await, Err(StoreError::Conflict(_))),
+            "{name}: same hash, other id"
+        );
+        k.enabled = false;
+        s.put_key(&k).await.unwrap();
+        assert!(
+            !s.key_by_id(k.id).await.unwrap().unwrap().enabled,
+            "{name}: update in place"
+        );
+        assert!(s.delete_key(k.id).await.unwrap(), "{name}");
+        assert!(!s.delete_key(k.id).await.unwrap(), "{name}");
+        assert!(s.key_by_id(k.id).await.unwrap().is_none(), "{name}");
+        s.ping().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn spend_totals_never_go_back_in_time() {
+    let (stores, _db) = stores().await;
+    for (name, s) in stores {
+        s.put_key(&key(3, "condt_three")).await.unwrap();
+        s.record_spend(
+            KeyId::new(3).unwrap(),
+            d("20.50"),
+            t("2026-11-02T00:00:10Z"),
+        )
+        .await
+        .unwrap();
+        s.record_spend(KeyId::new(3).unwrap(), d("10"), t("2026-11-02T00:00:05Z"))
+            .await
+            .unwrap();
+        let k = s.key_by_id(KeyId::new(3).unwrap()).await.unwrap().unwrap();
+        assert_eq!(k.current_spend.to_string(), "20.50", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn an_alert_stays_pending_until_published_and_fires_once() {
+    let (stores, _db) = stores().await;
+    for (name, s) in stores {
+        let o = obs(4, "spend-1", "60", "2026-11-02T00:00:00Z");
+        let first = s.evaluate_budget(&o).await.unwrap();
+        assert_eq!(first.len(), 1, "{name}");
+        let alert = &first[0].event;
+        assert_eq!(alert.name, "BudgetAlert");
+        assert!(
+            alert
+                .payload
+                .get()
+                .contains(r#""alertType":"budget_50_percent""#),
+            "{name}: {}",
+            alert.payload.get()
+        );
+        assert!(
+            alert.payload.get().contains(r#""budget":100.00"#),
+            "{name}: exact digits survive the store"
+        );
+        // Redelivery before the publish was confirmed: the same alert comes back, nothing new.
+        let again = s.evaluate_budget(&o).await.unwrap();
+        assert_eq!(
+            again
+                .iter()
+                .map(|a| a.event.event_id.clone())
+                .collect::<Vec<_>>(),
+            vec![alert.event_id.clone()],
+            "{name}"
+        );
+        s.mark_alert_published(&alert.event_id).await.unwrap();
+        assert!(
+            s.evaluate_budget(&o).await.unwrap().is_empty(),
+            "{name}: redelivery after publish"
+        );
+        // A jump to 95%: one alert, for 90.
+        let jump = s
+            .evaluate_budget(&obs(4, "spend-2", "95", "2026-11-02T00:01:00Z"))
+            .await
+            .unwrap();
+        assert_eq!(jump.len(), 1, "{name}");
+        assert!(
+            jump[0].event.payload.get().contains(r#""threshold":90"#),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn racing_consumers_fire_each_threshold_once() {
+    let (stores, _db) = stores().await;
+    for (name, s) in stores {
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let s = s.clone();
+            // Different events with rising totals, evaluated concurrently.
+            let spend = format!("{}", 40 + i * 4);
+            tasks.push(tokio::spawn(async move {
+                s.evaluate_budget(&obs(
+                    5,
+                    &format!("race-{i}"),
+                    &spend,
+                    &format!("2026-11-02T00:00:{:02}Z", i),
+                ))
+                .await
+            }));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for t in tasks {
+            for a in t.await.unwrap().unwrap() {
+                ids.insert(a.event.event_id.to_string());
+            }
+        }
+        // Whatever the interleaving, no threshold has two alerts of the same generation and
+        // none fires twice: ids are (key, period, threshold, generation).
+        let per_threshold: Vec<String> = ids
+            .iter()
+            .map(|id| id.rsplit(':').nth(1).unwrap_or("").to_string())
+            .collect();
+        let distinct: std::collections::BTreeSet<_> = per_threshold.iter().collect();
+        assert_eq!(distinct.len(), per_threshold.len(), "{name}: {ids:?}");
+        assert!(
+            ids.iter().all(|id| id.ends_with(":1")),
+            "{name}: every alert is generation 1: {ids:?}"
+        );
+        assert!(!ids.is_empty(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_period_rearms() {
+    let (stores, _db) = stores().await;
+    for (name, s) in stores {
+        let nov = obs(6, "nov", "60", "2026-11-02T00:00:00Z");
+        let a = s.evaluate_budget(&nov).await.unwrap();
+        s.mark_alert_published(&a[0].event.event_id).await.unwrap();
+        let mut dec = obs(6, "dec", "60", "2026-12-02T00:00:00Z");
+        dec.period_start = t("2026-12-01T00:00:00Z");
+        let b = s.evaluate_budget(&dec).await.unwrap();
+        assert_eq!(b.len(), 1, "{name}");
+        assert_ne!(a[0].event.event_id, b[0].event.event_id, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn unreachable_database_is_unavailable_not_a_panic() {
+    let s = PostgresStore::connect("postgres://postgres@127.0.0.1:1/none", 1).unwrap();
+    assert!(matches!(s.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        PostgresStore::connect("not a url", 1),
+        Err(StoreError::Unavailable(_))
+    ));
+}

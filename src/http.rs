@@ -1,0 +1,251 @@
+//! Herald's own HTTP endpoints: health, readiness, metrics and the admin API. The hubs come
+//! from the gateway crate and are merged in by `startup`.
+use crate::keys::KeySpec;
+use crate::metrics::Metrics;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use herald_backplane::SharedBackplane;
+use herald_domain::{KeyHash, RawKey};
+use herald_gateway::auth::{constant_time_eq, presented_credential};
+use herald_ingest::envelope::MessageMeta;
+use herald_ingest::{Failure, Pipeline};
+use herald_store::{SharedStore, StoreError};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// What `/readyz` checks.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    pub store: Option<SharedStore>,
+    pub backplane: Option<SharedBackplane>,
+    /// Set by the AMQP consumer while it is consuming.
+    pub consumer: Option<Arc<AtomicBool>>,
+}
+
+#[derive(Clone)]
+pub struct AdminApi {
+    pub master_key: Option<String>,
+    pub pipeline: Pipeline,
+    pub store: SharedStore,
+}
+
+#[derive(Clone)]
+struct HealthState {
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn health_routes(readiness: Readiness, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(HealthState { readiness, metrics })
+}
+
+/// `POST /v1/events`, `POST /v1/keys` (master key).
+pub fn admin_routes(api: AdminApi) -> Router {
+    Router::new()
+        .route("/v1/events", post(post_event))
+        .route("/v1/keys", post(post_key))
+        .with_state(Arc::new(api))
+}
+
+async fn readyz(State(s): State<HealthState>) -> Response {
+    let limit = Duration::from_secs(2);
+    let mut failing = Vec::new();
+    if let Some(store) = &s.readiness.store
+        && !matches!(tokio::time::timeout(limit, store.ping()).await, Ok(Ok(())))
+    {
+        failing.push("database");
+    }
+    if let Some(bp) = &s.readiness.backplane
+        && !matches!(tokio::time::timeout(limit, bp.ping()).await, Ok(Ok(())))
+    {
+        failing.push("redis");
+    }
+    if let Some(consumer) = &s.readiness.consumer
+        && !consumer.load(Ordering::Relaxed)
+    {
+        failing.push("amqp");
+    }
+    if failing.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unready", "failing": failing})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<HealthState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+fn authorize(
+    api: &AdminApi,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(), Box<Response>> {
+    let Some(master) = &api.master_key else {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "admin API disabled: set HERALD_MASTER_KEY",
+        )));
+    };
+    match presented_credential(headers, query) {
+        Some(c) if constant_time_eq(c.as_bytes(), master.as_bytes()) => Ok(()),
+        Some(_) => Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "invalid master key",
+        ))),
+        None => Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "master key required",
+        ))),
+    }
+}
+
+async fn post_event(
+    State(api): State<Arc<AdminApi>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers, query.as_deref()) {
+        return *r;
+    }
+    let header_text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let meta = MessageMeta {
+        routing_key: header_text("ce-type").unwrap_or_default(),
+        content_type: header_text("content-type"),
+        message_type: None,
+        traceparent: header_text("traceparent"),
+    };
+    match api.pipeline.process(&body, &meta).await {
+        Ok(p) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"eventId": p.event_id.as_str()})),
+        )
+            .into_response(),
+        Err(Failure::Rejected(reason)) => error(StatusCode::BAD_REQUEST, reason.to_string()),
+        Err(Failure::Transient(reason)) => error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        // Over HTTP the caller holds the event: it can send it again after the one it waits for.
+        Err(Failure::Deferred(reason)) => error(StatusCode::CONFLICT, reason.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewKey {
+    id: serde_json::Value,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    budget: Option<serde_json::Value>,
+    #[serde(default)]
+    budget_period: Option<String>,
+    #[serde(default)]
+    is_admin: bool,
+    #[serde(default)]
+    alert_thresholds: Option<Vec<u32>>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// Import a key known only by its hash instead of generating one.
+    #[serde(default)]
+    key_hash: Option<String>,
+}
+
+async fn post_key(
+    State(api): State<Arc<AdminApi>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&api, &headers, query.as_deref()) {
+        return *r;
+    }
+    let req: NewKey = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid key request: {e}")),
+    };
+    let id = match herald_domain::KeyRef::parse("id", &req.id) {
+        Ok(herald_domain::KeyRef::Id(id)) => id,
+        _ => return error(StatusCode::BAD_REQUEST, "id must be a positive integer"),
+    };
+    let budget = match req
+        .budget
+        .as_ref()
+        .map(|b| herald_domain::money::decimal_from_json("budget", b))
+        .transpose()
+    {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let (raw, hash) = match &req.key_hash {
+        Some(h) => match KeyHash::parse(h) {
+            Ok(h) => (None, h),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        None => {
+            let raw = RawKey::generate();
+            let hash = raw.hash();
+            (Some(raw), hash)
+        }
+    };
+    let spec = KeySpec {
+        id,
+        name: req.name.as_deref().unwrap_or(""),
+        hash,
+        budget,
+        period: req.budget_period.as_deref(),
+        admin: req.is_admin,
+        thresholds: req.alert_thresholds,
+        expires_at: req.expires_at.as_deref(),
+    };
+    let key = match spec.build() {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match api.store.key_by_id(id).await {
+        Ok(Some(_)) => return error(StatusCode::CONFLICT, format!("key {id} exists")),
+        Ok(None) => {}
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+    match api.store.put_key(&key).await {
+        Ok(()) => {
+            tracing::info!(key_id = %id, "virtual key created");
+            let mut body =
+                json!({"id": id.get(), "name": key.name, "keyHash": key.key_hash.as_str()});
+            if let Some(raw) = raw {
+                body["key"] = json!(raw.expose());
+            }
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(StoreError::Conflict(e)) => error(StatusCode::CONFLICT, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}

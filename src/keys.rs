@@ -1,0 +1,114 @@
+//! Virtual key administration shared by `herald keys` and `POST /v1/keys`.
+use chrono::{DateTime, Utc};
+use herald_domain::budget::Thresholds;
+use herald_domain::{BudgetPeriod, KeyHash, KeyId, VirtualKey};
+use rust_decimal::Decimal;
+
+/// A key as an administrator describes it.
+pub struct KeySpec<'a> {
+    pub id: KeyId,
+    pub name: &'a str,
+    pub hash: KeyHash,
+    pub budget: Option<Decimal>,
+    pub period: Option<&'a str>,
+    pub admin: bool,
+    pub thresholds: Option<Vec<u32>>,
+    pub expires_at: Option<&'a str>,
+}
+
+impl KeySpec<'_> {
+    pub fn build(self) -> Result<VirtualKey, String> {
+        let name = if self.name.is_empty() {
+            format!("key {}", self.id)
+        } else {
+            self.name.to_owned()
+        };
+        let mut key = VirtualKey::new(self.id, self.hash, name);
+        if self.budget.is_some_and(|b| b.is_sign_negative()) {
+            return Err("budget must not be negative".into());
+        }
+        key.budget = self.budget;
+        key.budget_period = self
+            .period
+            .map(BudgetPeriod::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        key.is_admin = self.admin;
+        if let Some(t) = self.thresholds {
+            key.alert_thresholds = Some(
+                Thresholds::from_list(t)
+                    .map_err(|e| e.to_string())?
+                    .as_slice()
+                    .to_vec(),
+            );
+        }
+        key.expires_at = self
+            .expires_at
+            .map(|t| {
+                DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| format!("expiry is not an RFC 3339 time: {t:?}"))
+            })
+            .transpose()?;
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> KeySpec<'static> {
+        KeySpec {
+            id: KeyId::new(3).unwrap(),
+            name: "",
+            hash: KeyHash::of_raw("x"),
+            budget: Some(Decimal::new(2500, 2)),
+            period: Some("Monthly"),
+            admin: false,
+            thresholds: Some(vec![90, 50]),
+            expires_at: Some("2030-01-01T00:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn builds_a_key_and_refuses_bad_parts() {
+        let k = spec().build().unwrap();
+        assert_eq!(k.name, "key 3");
+        assert_eq!(k.budget_period, BudgetPeriod::Monthly);
+        assert_eq!(k.alert_thresholds, Some(vec![50, 90]));
+        assert!(
+            KeySpec {
+                period: Some("weekly"),
+                ..spec()
+            }
+            .build()
+            .is_err()
+        );
+        assert!(
+            KeySpec {
+                thresholds: Some(vec![0]),
+                ..spec()
+            }
+            .build()
+            .is_err()
+        );
+        assert!(
+            KeySpec {
+                expires_at: Some("tomorrow"),
+                ..spec()
+            }
+            .build()
+            .is_err()
+        );
+        assert!(
+            KeySpec {
+                budget: Some(Decimal::NEGATIVE_ONE),
+                ..spec()
+            }
+            .build()
+            .is_err()
+        );
+    }
+}

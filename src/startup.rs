@@ -1,0 +1,263 @@
+//! Builds each role from its settings and runs it until a shutdown signal.
+use crate::configuration::Settings;
+use crate::http::{self, AdminApi, Readiness};
+use crate::metrics::Metrics;
+use herald_backplane::{MemoryBackplane, RedisBackplane, RedisConfig, SharedBackplane};
+use herald_domain::{KeyId, RawKey, VirtualKey};
+use herald_gateway::{Gateway, GatewayConfig};
+use herald_ingest::amqp::{self, AmqpConfig};
+use herald_ingest::{Pipeline, PipelineConfig};
+use herald_store::{MemoryStore, PostgresStore, SharedStore};
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Standalone,
+    Consume,
+    Serve,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Consume => "consume",
+            Self::Serve => "serve",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Dependency(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A built, bound, not yet running node.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    gateway: Option<Gateway>,
+    consumer: Option<(AmqpConfig, Pipeline, Arc<AtomicBool>)>,
+    drain_window: std::time::Duration,
+    /// Printed once the node runs (standalone with generated credentials).
+    pub banner: Vec<String>,
+}
+
+pub fn store_for(role: Role, settings: &Settings) -> Result<SharedStore, StartupError> {
+    match &settings.database_url {
+        Some(url) => Ok(Arc::new(
+            PostgresStore::connect(url, 16).map_err(|e| StartupError::Dependency(e.to_string()))?,
+        )),
+        None if role == Role::Standalone => Ok(Arc::new(MemoryStore::new())),
+        None => Err(StartupError::Config(format!(
+            "HERALD_DATABASE_URL: herald {} needs PostgreSQL, expected a postgres:// URL (only standalone runs without one)",
+            role.as_str()
+        ))),
+    }
+}
+
+fn backplane_for(role: Role, settings: &Settings) -> Result<SharedBackplane, StartupError> {
+    match &settings.redis_url {
+        Some(url) => {
+            let mut cfg = RedisConfig::new(url.clone());
+            cfg.prefix = settings.redis_prefix.clone();
+            cfg.max_len = settings.history_maxlen;
+            cfg.ttl = settings.history_ttl;
+            let bp: SharedBackplane = RedisBackplane::connect(cfg)
+                .map_err(|e| StartupError::Dependency(e.to_string()))?;
+            Ok(bp)
+        }
+        None if role == Role::Standalone => {
+            Ok(Arc::new(MemoryBackplane::new(settings.history_maxlen)))
+        }
+        None => Err(StartupError::Config(format!(
+            "HERALD_REDIS_URL: herald {} needs Redis, expected a redis:// URL (only standalone runs without one)",
+            role.as_str()
+        ))),
+    }
+}
+
+/// Every node of a deployment must derive the same secret, so it comes from configuration.
+fn token_secret(settings: &Settings) -> Vec<u8> {
+    match (&settings.connection_secret, &settings.master_key) {
+        (Some(s), _) => s.as_bytes().to_vec(),
+        (None, Some(m)) => Sha256::digest(format!("herald connection token secret:{m}")).to_vec(),
+        (None, None) => {
+            tracing::warn!(
+                "neither HERALD_CONNECTION_SECRET nor HERALD_MASTER_KEY is set: connection tokens are only valid on this node"
+            );
+            rand::random::<[u8; 32]>().to_vec()
+        }
+    }
+}
+
+impl Application {
+    pub async fn build(role: Role, mut settings: Settings) -> Result<Self, StartupError> {
+        let mut banner = Vec::new();
+        if role == Role::Consume && settings.amqp_url.is_none() {
+            return Err(StartupError::Config(
+                "HERALD_AMQP_URL: herald consume needs RabbitMQ, expected an amqp:// URL".into(),
+            ));
+        }
+        if settings.migrate
+            && let Some(url) = &settings.database_url
+        {
+            let applied = herald_store::migrate(url)
+                .await
+                .map_err(|e| StartupError::Dependency(format!("migrations failed: {e}")))?;
+            tracing::info!(?applied, "migrations applied");
+        }
+        let store = store_for(role, &settings)?;
+        let backplane = backplane_for(role, &settings)?;
+        if role == Role::Standalone && settings.master_key.is_none() {
+            let generated = format!(
+                "herald_master_{}",
+                &RawKey::generate().expose()[RawKey::PREFIX.len()..]
+            );
+            banner.push(format!("master key: {generated}"));
+            settings.master_key = Some(generated);
+        }
+        if role == Role::Standalone && settings.database_url.is_none() {
+            let raw = RawKey::generate();
+            let id = KeyId::new(1).map_err(|e| StartupError::Config(e.to_string()))?;
+            let mut demo = VirtualKey::new(id, raw.hash(), "demo");
+            demo.budget = Some(Decimal::new(1000, 2));
+            store
+                .put_key(&demo)
+                .await
+                .map_err(|e| StartupError::Dependency(e.to_string()))?;
+            banner.push(format!(
+                "demo virtual key (id 1, budget 10.00): {}",
+                raw.expose()
+            ));
+        }
+        let pipeline = Pipeline::new(
+            PipelineConfig {
+                thresholds: settings.budget_thresholds.clone(),
+            },
+            store.clone(),
+            backplane.clone(),
+        );
+        let consumer_active = Arc::new(AtomicBool::new(false));
+        let consumer = settings.amqp_url.clone().map(|url| {
+            let cfg = AmqpConfig {
+                url,
+                queue: settings.amqp_queue.clone(),
+                bind: settings
+                    .amqp_bind
+                    .clone()
+                    .unwrap_or_else(amqp::default_bindings),
+                prefetch: settings.amqp_prefetch,
+            };
+            (cfg, pipeline.clone(), consumer_active.clone())
+        });
+        let readiness = Readiness {
+            store: settings.database_url.as_ref().map(|_| store.clone()),
+            backplane: settings.redis_url.as_ref().map(|_| backplane.clone()),
+            consumer: consumer.as_ref().map(|_| consumer_active.clone()),
+        };
+        let metrics = Arc::new(Metrics::new(role.as_str(), settings.node_id.clone()));
+        let mut router = http::health_routes(readiness, metrics);
+        let mut gateway = None;
+        if role != Role::Consume {
+            let config = GatewayConfig {
+                master_key: settings.master_key.clone(),
+                token_secret: token_secret(&settings),
+                drain_window: settings.drain_window,
+                ..GatewayConfig::default()
+            };
+            let g = Gateway::new(config, store.clone(), backplane.clone());
+            router = router.merge(g.router());
+            router = router.merge(http::admin_routes(AdminApi {
+                master_key: settings.master_key.clone(),
+                pipeline,
+                store,
+            }));
+            gateway = Some(g);
+        }
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            router,
+            gateway,
+            consumer,
+            banner,
+            drain_window: settings.drain_window,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        self.listener.local_addr()
+    }
+
+    /// Runs until `shutdown` flips to true, then stops the consumer and closes connections.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), std::io::Error> {
+        let consumer: Option<JoinHandle<()>> = self.consumer.map(|(cfg, pipeline, active)| {
+            tokio::spawn(amqp::run_consumer(cfg, pipeline, shutdown.clone(), active))
+        });
+        let gateway = self.gateway.clone();
+        let mut stop = shutdown.clone();
+        let gateway_for_close = gateway.clone();
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            if let Some(g) = gateway {
+                g.shutdown();
+            }
+        });
+        let result = serve.await;
+        let _ = shutdown.wait_for(|s| *s).await;
+        // axum's graceful shutdown does not wait for upgraded WebSockets: wait for the drain
+        // window (connections close spread over it) plus time for the last Close frames.
+        if let Some(g) = &gateway_for_close {
+            let deadline =
+                tokio::time::Instant::now() + self.drain_window + std::time::Duration::from_secs(5);
+            while g.connections() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        if let Some(c) = consumer {
+            let _ = c.await;
+        }
+        result
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,442 @@
+//! Test harness: `spawn_app()` starts a real Herald node in this process on 127.0.0.1:0 with
+//! its own PostgreSQL database, AMQP queue names and Redis prefix, against the real services,
+//! so tests run in parallel. A raw SignalR client speaks the wire protocol.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use futures_util::{SinkExt, StreamExt};
+use herald::configuration::{Overrides, Settings};
+use herald::startup::{Application, Role};
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MASTER_KEY: &str = "test-master-key-0123456789";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub queue: String,
+    pub database: String,
+    pub redis_prefix: String,
+    stop: watch::Sender<bool>,
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:012x}", rand::random::<u64>() >> 16)
+}
+
+pub async fn create_database() -> String {
+    let name = unique("herald_it_");
+    let (client, conn) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    name
+}
+
+pub fn database_url(name: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+/// A standalone node on real RabbitMQ, Redis and PostgreSQL.
+pub async fn spawn_app() -> TestApp {
+    let database = create_database().await;
+    spawn_node(
+        &database,
+        &unique("herald.test."),
+        &unique("herald-it-"),
+        "test-node",
+    )
+    .await
+}
+
+/// `n` nodes sharing one database, queue (competing consumers) and Redis prefix: a cluster.
+pub async fn spawn_cluster(n: usize) -> Vec<TestApp> {
+    let database = create_database().await;
+    let (queue, prefix) = (unique("herald.test."), unique("herald-it-"));
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(spawn_node(&database, &queue, &prefix, &format!("node-{i}")).await);
+    }
+    nodes
+}
+
+async fn spawn_node(database: &str, queue: &str, redis_prefix: &str, node_id: &str) -> TestApp {
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("HERALD_LISTEN", "127.0.0.1:0".to_string()),
+        ("HERALD_AMQP_URL", AMQP_URL.to_string()),
+        ("HERALD_REDIS_URL", REDIS_URL.to_string()),
+        ("HERALD_DATABASE_URL", database_url(database)),
+        ("HERALD_MASTER_KEY", MASTER_KEY.to_string()),
+        ("HERALD_AMQP_QUEUE", queue.to_string()),
+        ("HERALD_REDIS_PREFIX", redis_prefix.to_string()),
+        ("HERALD_MIGRATE", "true".to_string()),
+        ("HERALD_NODE_ID", node_id.to_string()),
+    ]);
+    let settings = Settings::load(&Overrides::default(), |k| vars.get(k).cloned()).unwrap();
+    let app = Application::build(Role::Standalone, settings)
+        .await
+        .unwrap();
+    let addr = app.local_addr().unwrap();
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(app.run(rx));
+    let t = TestApp {
+        addr,
+        queue: queue.to_string(),
+        database: database.to_string(),
+        redis_prefix: redis_prefix.to_string(),
+        stop,
+    };
+    t.wait_ready().await;
+    t
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        // Quorum queues are heavy: leaving one set per test behind wedges the broker after
+        // many runs. Best effort, on a thread of its own (we may be inside the test runtime).
+        let queue = self.queue.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                if let Ok(ch) = conn.create_channel().await {
+                    for q in [
+                        queue.clone(),
+                        format!("{queue}.dead"),
+                        format!("{queue}.retry"),
+                    ] {
+                        let _ = ch
+                            .queue_delete(
+                                q.as_str().into(),
+                                lapin::options::QueueDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                }
+                let _ = conn.close(200, "done".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    HttpResponse { status, body }
+}
+
+impl TestApp {
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if http(self.addr, "GET", "/readyz", &[], "").await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node never became ready");
+    }
+
+    /// Creates a key through the admin API; returns the raw key.
+    pub async fn create_key(&self, id: i64, budget: Option<&str>) -> String {
+        let body = match budget {
+            Some(b) => format!(r#"{{"id":{id},"name":"k{id}","budget":{b}}}"#),
+            None => format!(r#"{{"id":{id},"name":"k{id}"}}"#),
+        };
+        let auth = format!("Bearer {MASTER_KEY}");
+        let r = http(
+            self.addr,
+            "POST",
+            "/v1/keys",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["key"].as_str().unwrap().to_string()
+    }
+
+    pub fn ws_url(&self, hub: &str, query: &str) -> String {
+        format!("ws://{}{hub}?{query}", self.addr)
+    }
+}
+
+/// Publishes raw bytes to an exchange (declared durable `kind` first, as herald would).
+pub async fn amqp_publish(
+    exchange: &str,
+    kind: lapin::ExchangeKind,
+    routing_key: &str,
+    body: &[u8],
+    content_type: &str,
+) {
+    amqp_publish_many(&[(
+        exchange.to_string(),
+        kind,
+        routing_key.to_string(),
+        body.to_vec(),
+        content_type,
+    )])
+    .await;
+}
+
+/// A MassTransit envelope of SpendUpdated, as Conduit publishes it (PascalCase body).
+pub fn masstransit_spend(message_id: &str, key_id: i64, amount: &str, total: &str) -> String {
+    format!(
+        r#"{{"messageId":"{message_id}","conversationId":"c-{message_id}","sourceAddress":"rabbitmq://localhost/conduit","destinationAddress":"rabbitmq://localhost/ConduitLLM.Core.Events:SpendUpdated","messageType":["urn:message:ConduitLLM.Core.Events:SpendUpdated"],"message":{{"KeyId":{key_id},"Amount":{amount},"NewTotalSpend":{total},"RequestId":"req-{message_id}","Model":"gpt-4o","Provider":"openai"}},"sentTime":"2026-11-22T10:00:00.000Z","headers":{{}}}}"#
+    )
+}
+
+/// Publishes many messages over one connection: (exchange, kind, routing key, body, content type).
+pub async fn amqp_publish_many(messages: &[(String, lapin::ExchangeKind, String, Vec<u8>, &str)]) {
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let mut declared = std::collections::HashSet::new();
+    for (exchange, kind, routing_key, body, content_type) in messages {
+        if declared.insert(exchange.clone()) {
+            ch.exchange_declare(
+                exchange.as_str().into(),
+                kind.clone(),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        }
+        ch.basic_publish(
+            exchange.as_str().into(),
+            routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            body.as_slice(),
+            BasicProperties::default()
+                .with_content_type((*content_type).into())
+                .with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+pub async fn publish_spend(message_id: &str, key_id: i64, amount: &str, total: &str) {
+    let body = masstransit_spend(message_id, key_id, amount, total);
+    amqp_publish(
+        "ConduitLLM.Core.Events:SpendUpdated",
+        lapin::ExchangeKind::Fanout,
+        "",
+        body.as_bytes(),
+        "application/vnd.masstransit+json",
+    )
+    .await;
+}
+
+/// A raw SignalR JSON-protocol client over WebSocket.
+pub struct SignalR {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    pending: Vec<Value>,
+    next_invocation_id: u64,
+}
+
+pub const RS: char = '\u{1e}';
+
+impl SignalR {
+    /// Connects (skipNegotiation), sends the handshake and checks the empty response.
+    pub async fn connect(url: &str) -> Result<SignalR, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let mut c = SignalR {
+            ws,
+            pending: Vec::new(),
+            next_invocation_id: 0,
+        };
+        c.ws.send(Message::text(format!(
+            "{{\"protocol\":\"json\",\"version\":1}}{RS}"
+        )))
+        .await?;
+        let first = c
+            .next_raw(Duration::from_secs(10))
+            .await
+            .expect("handshake response");
+        assert_eq!(
+            first,
+            Value::Object(Default::default()),
+            "handshake accepted"
+        );
+        Ok(c)
+    }
+
+    async fn next_raw(&mut self, wait: Duration) -> Option<Value> {
+        if !self.pending.is_empty() {
+            return Some(self.pending.remove(0));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            let text = match msg {
+                Message::Text(t) => t.to_string(),
+                Message::Binary(b) => String::from_utf8_lossy(&b).to_string(),
+                Message::Close(_) => return None,
+                _ => continue,
+            };
+            for record in text.split(RS).filter(|r| !r.is_empty()) {
+                self.pending.push(serde_json::from_str(record).unwrap());
+            }
+            if !self.pending.is_empty() {
+                return Some(self.pending.remove(0));
+            }
+        }
+    }
+
+    /// Invokes a hub method and returns its Completion message; other messages that arrive
+    /// meanwhile stay queued, in order.
+    pub async fn invoke(&mut self, target: &str, arguments: Value) -> Value {
+        self.next_invocation_id += 1;
+        let id = self.next_invocation_id.to_string();
+        let msg = serde_json::json!({"type": 1, "invocationId": id, "target": target, "arguments": arguments});
+        self.ws
+            .send(Message::text(format!("{msg}{RS}")))
+            .await
+            .unwrap();
+        let mut others = Vec::new();
+        let completion = loop {
+            let m = self
+                .next_raw(Duration::from_secs(10))
+                .await
+                .expect("completion");
+            if m["type"] == 3 && m["invocationId"] == id.as_str() {
+                break m;
+            }
+            others.push(m);
+        };
+        others.append(&mut self.pending);
+        self.pending = others;
+        completion
+    }
+
+    /// The next protocol message of any type; `None` when the socket closes or after `wait`.
+    pub async fn next_raw_message(&mut self, wait: Duration) -> Option<Value> {
+        self.next_raw(wait).await
+    }
+
+    /// The next invocation (type 1), skipping pings; `None` after `wait`.
+    pub async fn next_invocation(&mut self, wait: Duration) -> Option<(String, Value)> {
+        loop {
+            let m = self.next_raw(wait).await?;
+            if m["type"] == 1 {
+                return Some((
+                    m["target"].as_str().unwrap_or("").to_string(),
+                    m["arguments"][0].clone(),
+                ));
+            }
+        }
+    }
+
+    /// The raw text of the next invocation record, for byte-exact checks. Records after it
+    /// in the same frame stay queued for the next call.
+    pub async fn next_text(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            let Message::Text(t) = msg else { continue };
+            let mut first = None;
+            for record in t.split(RS).filter(|r| !r.is_empty()) {
+                let value: Value = serde_json::from_str(record).unwrap();
+                if first.is_none() && value["type"] == 1 && self.pending.is_empty() {
+                    first = Some(record.to_string());
+                } else {
+                    self.pending.push(value);
+                }
+            }
+            if first.is_some() {
+                return first;
+            }
+        }
+    }
+}
+
+/// Connect status code of a WebSocket upgrade attempt (401 expected for bad keys).
+pub async fn upgrade_status(url: &str) -> u16 {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}

@@ -1,0 +1,220 @@
+//! Issue 2's end-to-end slice against real RabbitMQ, Redis and PostgreSQL.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use common::*;
+use lapin::options::BasicGetOptions;
+use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+/// How long to watch for something that must not arrive.
+const QUIET: Duration = Duration::from_millis(1500);
+
+#[tokio::test]
+async fn masstransit_spend_reaches_the_client_with_exact_decimals_and_alerts_once() {
+    let app = spawn_app().await;
+    let key = app.create_key(42, Some("10.00")).await;
+    let mut client = SignalR::connect(&app.ws_url("/hubs/spend", &format!("access_token={key}")))
+        .await
+        .unwrap();
+
+    publish_spend("m-1", 42, "0.000123", "6.50").await;
+    let raw = client.next_text(WAIT).await.expect("SpendUpdate frame");
+    assert!(raw.contains(r#""target":"SpendUpdate""#), "{raw}");
+    assert!(raw.contains(r#""newSpend":0.000123"#), "digits kept: {raw}");
+    assert!(raw.contains(r#""totalSpend":6.50"#), "digits kept: {raw}");
+    assert!(raw.contains(r#""budget":10.00"#), "{raw}");
+    assert!(raw.contains(r#""budgetPercentage":65"#), "{raw}");
+    assert!(raw.contains(r#""virtualKeyId":42"#), "{raw}");
+    assert!(raw.contains(r#""eventId":"m-1""#), "{raw}");
+    assert!(raw.contains(r#""cursor":""#), "{raw}");
+    let (name, alert) = client.next_invocation(WAIT).await.expect("BudgetAlert");
+    assert_eq!(name, "BudgetAlert");
+    assert_eq!(alert["alertType"], "budget_50_percent");
+    assert_eq!(alert["severity"], "info");
+    assert_eq!(alert["sourceEventId"], "m-1");
+    assert_eq!(alert["remaining"].to_string(), "3.5");
+
+    // The same message again (a redelivery): nothing new.
+    publish_spend("m-1", 42, "0.000123", "6.50").await;
+    // A later event proves the consumer went past the repeat.
+    publish_spend("m-2", 42, "0.25", "6.75").await;
+    let (name, next) = client.next_invocation(WAIT).await.unwrap();
+    assert_eq!(
+        (name.as_str(), next["eventId"].as_str()),
+        ("SpendUpdate", Some("m-2")),
+        "the repeat produced nothing: {next}"
+    );
+    assert!(
+        client.next_invocation(QUIET).await.is_none(),
+        "no second alert"
+    );
+
+    // Crossing 90 from 67.5: one alert for the highest threshold crossed.
+    publish_spend("m-3", 42, "3.00", "9.75").await;
+    let (_, su) = client.next_invocation(WAIT).await.unwrap();
+    assert_eq!(su["eventId"], "m-3");
+    let (name, alert) = client.next_invocation(WAIT).await.unwrap();
+    assert_eq!(name, "BudgetAlert");
+    assert_eq!(
+        (alert["threshold"].as_u64(), alert["severity"].as_str()),
+        (Some(90), Some("critical"))
+    );
+    assert!(
+        client.next_invocation(QUIET).await.is_none(),
+        "75 was jumped over, not alerted"
+    );
+}
+
+#[tokio::test]
+async fn bad_keys_get_401() {
+    let app = spawn_app().await;
+    let good = app.create_key(7, None).await;
+    assert_eq!(
+        upgrade_status(&app.ws_url("/hubs/spend", "access_token=condt_nope")).await,
+        401
+    );
+    assert_eq!(upgrade_status(&app.ws_url("/hubs/spend", "")).await, 401);
+    let negotiate = http(
+        app.addr,
+        "POST",
+        "/hubs/spend/negotiate?negotiateVersion=1&access_token=condt_nope",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(negotiate.status, 401);
+    let ok = http(
+        app.addr,
+        "POST",
+        &format!("/hubs/spend/negotiate?negotiateVersion=1&access_token={good}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert!(ok.json()["connectionToken"].is_string());
+    // The raw key never shows up in the response.
+    assert!(!ok.body.contains(&good));
+}
+
+#[tokio::test]
+async fn a_client_of_key_a_receives_nothing_of_key_b() {
+    let app = spawn_app().await;
+    let a = app.create_key(101, Some("100")).await;
+    let b = app.create_key(102, Some("100")).await;
+    let mut ca = SignalR::connect(&app.ws_url("/hubs/spend", &format!("access_token={a}")))
+        .await
+        .unwrap();
+    let mut cb =
+        SignalR::connect(&app.ws_url("/hubs/spend-notifications", &format!("api_key={b}")))
+            .await
+            .unwrap();
+    for i in 0..5 {
+        publish_spend(&format!("b-{i}"), 102, "30", &format!("{}", 30 * (i + 1))).await;
+    }
+    publish_spend("a-0", 101, "1", "1").await;
+    let mut got_b = Vec::new();
+    while let Some((name, ev)) = cb.next_invocation(QUIET).await {
+        assert_eq!(ev["virtualKeyId"], 102, "{name}: {ev}");
+        got_b.push(name);
+    }
+    assert_eq!(got_b.iter().filter(|n| *n == "SpendUpdate").count(), 5);
+    assert!(got_b.iter().any(|n| n == "BudgetAlert"));
+    let (name, ev) = ca.next_invocation(WAIT).await.unwrap();
+    assert_eq!(
+        (name.as_str(), ev["eventId"].as_str()),
+        ("SpendUpdate", Some("a-0")),
+        "A's first event is its own"
+    );
+    assert!(
+        ca.next_invocation(QUIET).await.is_none(),
+        "nothing of key B reached A"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_message_is_dead_lettered_with_its_reason_and_the_next_good_one_flows() {
+    let app = spawn_app().await;
+    let key = app.create_key(5, None).await;
+    let mut client = SignalR::connect(&app.ws_url("/hubs/spend", &format!("access_token={key}")))
+        .await
+        .unwrap();
+    // Garbage to herald's own topic exchange, and a valid envelope with a negative amount.
+    amqp_publish(
+        &app.queue,
+        lapin::ExchangeKind::Topic,
+        "SpendUpdated",
+        b"{not json",
+        "application/json",
+    )
+    .await;
+    let negative = masstransit_spend("neg-1", 5, "-3", "1");
+    amqp_publish(
+        "ConduitLLM.Core.Events:SpendUpdated",
+        lapin::ExchangeKind::Fanout,
+        "",
+        negative.as_bytes(),
+        "application/vnd.masstransit+json",
+    )
+    .await;
+    publish_spend("good-1", 5, "1.5", "1.5").await;
+    let (name, ev) = client
+        .next_invocation(WAIT)
+        .await
+        .expect("the good message still arrives");
+    assert_eq!(
+        (name.as_str(), ev["eventId"].as_str()),
+        ("SpendUpdate", Some("good-1"))
+    );
+
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let dead = format!("{}.dead", app.queue);
+    let mut reasons = Vec::new();
+    let mut bodies = Vec::new();
+    for _ in 0..100 {
+        if let Some(msg) = ch
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let headers = msg
+                .delivery
+                .properties
+                .headers()
+                .clone()
+                .unwrap_or_default();
+            let reason =
+                herald_ingest::amqp::header_text(&headers, "x-herald-reason").unwrap_or_default();
+            reasons.push(reason);
+            bodies.push(String::from_utf8_lossy(&msg.delivery.data).to_string());
+            if reasons.len() == 2 {
+                break;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        reasons.len(),
+        2,
+        "both bad messages dead-lettered: {reasons:?}"
+    );
+    assert!(
+        bodies.contains(&"{not json".to_string()),
+        "body unchanged: {bodies:?}"
+    );
+    assert!(bodies.iter().any(|b| b == &negative), "body unchanged");
+    assert!(
+        reasons.iter().any(|r| r.contains("not valid JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("negative")),
+        "{reasons:?}"
+    );
+}
