@@ -13,13 +13,13 @@ const QUIET: Duration = Duration::from_millis(1500);
 
 #[tokio::test]
 async fn masstransit_spend_reaches_the_client_with_exact_decimals_and_alerts_once() {
-    let app = spawn_app().await;
+    let app = spawn_app_on_conduit_exchanges().await;
     let key = app.create_key(42, Some("10.00")).await;
     let mut client = SignalR::connect(&app.ws_url("/hubs/spend", &format!("access_token={key}")))
         .await
         .unwrap();
 
-    publish_spend("m-1", 42, "0.000123", "6.50").await;
+    publish_spend(&app, "m-1", 42, "0.000123", "6.50").await;
     let raw = client.next_text(WAIT).await.expect("SpendUpdate frame");
     assert!(raw.contains(r#""target":"SpendUpdate""#), "{raw}");
     assert!(raw.contains(r#""newSpend":0.000123"#), "digits kept: {raw}");
@@ -37,9 +37,9 @@ async fn masstransit_spend_reaches_the_client_with_exact_decimals_and_alerts_onc
     assert_eq!(alert["remaining"].to_string(), "3.5");
 
     // The same message again (a redelivery): nothing new.
-    publish_spend("m-1", 42, "0.000123", "6.50").await;
+    publish_spend(&app, "m-1", 42, "0.000123", "6.50").await;
     // A later event proves the consumer went past the repeat.
-    publish_spend("m-2", 42, "0.25", "6.75").await;
+    publish_spend(&app, "m-2", 42, "0.25", "6.75").await;
     let (name, next) = client.next_invocation(WAIT).await.unwrap();
     assert_eq!(
         (name.as_str(), next["eventId"].as_str()),
@@ -52,7 +52,7 @@ async fn masstransit_spend_reaches_the_client_with_exact_decimals_and_alerts_onc
     );
 
     // Crossing 90 from 67.5: one alert for the highest threshold crossed.
-    publish_spend("m-3", 42, "3.00", "9.75").await;
+    publish_spend(&app, "m-3", 42, "3.00", "9.75").await;
     let (_, su) = client.next_invocation(WAIT).await.unwrap();
     assert_eq!(su["eventId"], "m-3");
     let (name, alert) = client.next_invocation(WAIT).await.unwrap();
@@ -112,9 +112,16 @@ async fn a_client_of_key_a_receives_nothing_of_key_b() {
             .await
             .unwrap();
     for i in 0..5 {
-        publish_spend(&format!("b-{i}"), 102, "30", &format!("{}", 30 * (i + 1))).await;
+        publish_spend(
+            &app,
+            &format!("b-{i}"),
+            102,
+            "30",
+            &format!("{}", 30 * (i + 1)),
+        )
+        .await;
     }
-    publish_spend("a-0", 101, "1", "1").await;
+    publish_spend(&app, "a-0", 101, "1", "1").await;
     let mut got_b = Vec::new();
     while let Some((name, ev)) = cb.next_invocation(QUIET).await {
         assert_eq!(ev["virtualKeyId"], 102, "{name}: {ev}");
@@ -152,14 +159,14 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_the_next_good_
     .await;
     let negative = masstransit_spend("neg-1", 5, "-3", "1");
     amqp_publish(
-        "ConduitLLM.Core.Events:SpendUpdated",
+        &app.exchange("SpendUpdated"),
         lapin::ExchangeKind::Fanout,
         "",
         negative.as_bytes(),
         "application/vnd.masstransit+json",
     )
     .await;
-    publish_spend("good-1", 5, "1.5", "1.5").await;
+    publish_spend(&app, "good-1", 5, "1.5", "1.5").await;
     let (name, ev) = client
         .next_invocation(WAIT)
         .await

@@ -40,7 +40,7 @@ async fn notifications_hub_gets_global_events_and_nothing_of_other_keys() {
     )
     .await;
     publish_cloudevent(&app, "mm-1", "ModelMappingChanged", r#"{"mappingId":5,"modelAlias":"fast","providerId":3,"isEnabled":true,"changeType":"Updated"}"#).await;
-    publish_spend("spend-b", 2, "1", "1").await;
+    publish_spend(&app, "spend-b", 2, "1", "1").await;
     let (n1, e1) = notes.next_invocation(WAIT).await.unwrap();
     assert_eq!(
         (n1.as_str(), e1["status"].as_str(), e1["eventId"].as_str()),
@@ -87,8 +87,8 @@ async fn admin_hub_sees_every_key_and_needs_an_admin_credential() {
     ))
     .await
     .unwrap();
-    publish_spend("s-11", 11, "6", "6").await;
-    publish_spend("s-12", 12, "1", "1").await;
+    publish_spend(&app, "s-11", 11, "6", "6").await;
+    publish_spend(&app, "s-12", 12, "1", "1").await;
     let mut seen = Vec::new();
     while let Some((name, ev)) = admin.next_invocation(QUIET).await {
         seen.push((name, ev["virtualKeyId"].as_i64()));
@@ -180,7 +180,7 @@ async fn task_events_reach_their_owner_on_the_tasks_hub_with_conduits_methods() 
     ] {
         let body = mt(id, t, body);
         amqp_publish(
-            &format!("ConduitLLM.Core.Events:{t}"),
+            &app.exchange(t),
             lapin::ExchangeKind::Fanout,
             "",
             body.as_bytes(),
@@ -253,7 +253,7 @@ async fn task_events_reach_their_owner_on_the_tasks_hub_with_conduits_methods() 
         r#"{"TaskId":"job-10","VirtualKeyId":31,"TaskType":"batch","Progress":5}"#,
     );
     amqp_publish(
-        "ConduitLLM.Core.Events:TaskProgress",
+        &app.exchange("TaskProgress"),
         lapin::ExchangeKind::Fanout,
         "",
         body.as_bytes(),
@@ -266,7 +266,7 @@ async fn task_events_reach_their_owner_on_the_tasks_hub_with_conduits_methods() 
         r#"{"RequestId":"vid-1","VideoUrl":"https://cdn/v.mp4"}"#,
     );
     amqp_publish(
-        "ConduitLLM.Core.Events:VideoGenerationCompleted",
+        &app.exchange("VideoGenerationCompleted"),
         lapin::ExchangeKind::Fanout,
         "",
         body.as_bytes(),
@@ -294,7 +294,7 @@ async fn an_admin_narrows_to_named_keys_and_widens_again() {
         .invoke("SubscribeToVirtualKey", serde_json::json!([41]))
         .await;
     assert!(r.get("error").is_none(), "{r}");
-    publish_spend("n-42", 42, "1", "1").await;
+    publish_spend(&app, "n-42", 42, "1", "1").await;
     publish_cloudevent(
         &app,
         "ph-n",
@@ -302,7 +302,7 @@ async fn an_admin_narrows_to_named_keys_and_widens_again() {
         r#"{"providerId":1,"status":"healthy"}"#,
     )
     .await;
-    publish_spend("n-41", 41, "1", "1").await;
+    publish_spend(&app, "n-41", 41, "1", "1").await;
     let mut seen = Vec::new();
     while let Some((name, ev)) = admin.next_invocation(QUIET).await {
         seen.push((name, ev["eventId"].as_str().unwrap_or("").to_string()));
@@ -319,7 +319,7 @@ async fn an_admin_narrows_to_named_keys_and_widens_again() {
     admin
         .invoke("UnsubscribeFromVirtualKey", serde_json::json!(["41"]))
         .await;
-    publish_spend("n-42b", 42, "1", "2").await;
+    publish_spend(&app, "n-42b", 42, "1", "2").await;
     let (_, ev) = admin.next_invocation(WAIT).await.unwrap();
     assert_eq!(
         ev["eventId"], "n-42b",

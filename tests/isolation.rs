@@ -38,7 +38,7 @@ async fn fifty_keys_each_receive_exactly_their_own_events_and_the_global_ones() 
     let mut totals: BTreeMap<i64, u32> = BTreeMap::new();
     let mut global = BTreeSet::new();
     let mut messages = Vec::new();
-    let spend_exchange = "ConduitLLM.Core.Events:SpendUpdated".to_string();
+    let spend_exchange = nodes[0].exchange("SpendUpdated");
     for i in 0..300 {
         let key = (i * 7) % KEYS + 1;
         let total = totals.entry(key).or_default();

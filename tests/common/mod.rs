@@ -26,6 +26,10 @@ pub const MASTER_KEY: &str = "test-master-key-0123456789";
 pub struct TestApp {
     pub addr: SocketAddr,
     pub queue: String,
+    /// The MassTransit namespace this node's queue is bound to: `<queue>.ns`, so a test's
+    /// publishes reach only its own queue (the shared `ConduitLLM.Core.Events:*` exchanges
+    /// would fan every test's messages out to every other test's queue).
+    pub namespace: String,
     pub database: String,
     pub redis_prefix: String,
     stop: watch::Sender<bool>,
@@ -60,8 +64,31 @@ pub async fn spawn_app() -> TestApp {
         &unique("herald.test."),
         &unique("herald-it-"),
         "test-node",
+        Bindings::Private,
     )
     .await
+}
+
+/// A standalone node bound to Conduit's real `ConduitLLM.Core.Events:*` exchanges (the
+/// production default). Only the test that proves the default topology should use it.
+pub async fn spawn_app_on_conduit_exchanges() -> TestApp {
+    let database = create_database().await;
+    spawn_node(
+        &database,
+        &unique("herald.test."),
+        &unique("herald-it-"),
+        "test-node",
+        Bindings::Default,
+    )
+    .await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Bindings {
+    /// `<queue>.ns:<Type>` for every event type.
+    Private,
+    /// Herald's default: `ConduitLLM.Core.Events:<Type>`.
+    Default,
 }
 
 /// `n` nodes sharing one database, queue (competing consumers) and Redis prefix: a cluster.
@@ -70,13 +97,37 @@ pub async fn spawn_cluster(n: usize) -> Vec<TestApp> {
     let (queue, prefix) = (unique("herald.test."), unique("herald-it-"));
     let mut nodes = Vec::new();
     for i in 0..n {
-        nodes.push(spawn_node(&database, &queue, &prefix, &format!("node-{i}")).await);
+        nodes.push(
+            spawn_node(
+                &database,
+                &queue,
+                &prefix,
+                &format!("node-{i}"),
+                Bindings::Private,
+            )
+            .await,
+        );
     }
     nodes
 }
 
-async fn spawn_node(database: &str, queue: &str, redis_prefix: &str, node_id: &str) -> TestApp {
-    let vars: HashMap<&str, String> = HashMap::from([
+async fn spawn_node(
+    database: &str,
+    queue: &str,
+    redis_prefix: &str,
+    node_id: &str,
+    bindings: Bindings,
+) -> TestApp {
+    let namespace = match bindings {
+        Bindings::Private => format!("{queue}.ns"),
+        Bindings::Default => herald_ingest::amqp::MASSTRANSIT_NAMESPACE.to_string(),
+    };
+    let bind = herald_ingest::amqp::EVENT_TYPES
+        .iter()
+        .map(|t| format!("{namespace}:{t}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut vars: HashMap<&str, String> = HashMap::from([
         ("HERALD_LISTEN", "127.0.0.1:0".to_string()),
         ("HERALD_AMQP_URL", AMQP_URL.to_string()),
         ("HERALD_REDIS_URL", REDIS_URL.to_string()),
@@ -87,6 +138,9 @@ async fn spawn_node(database: &str, queue: &str, redis_prefix: &str, node_id: &s
         ("HERALD_MIGRATE", "true".to_string()),
         ("HERALD_NODE_ID", node_id.to_string()),
     ]);
+    if bindings == Bindings::Private {
+        vars.insert("HERALD_AMQP_BIND", bind);
+    }
     let settings = Settings::load(&Overrides::default(), |k| vars.get(k).cloned()).unwrap();
     let app = Application::build(Role::Standalone, settings)
         .await
@@ -97,6 +151,7 @@ async fn spawn_node(database: &str, queue: &str, redis_prefix: &str, node_id: &s
     let t = TestApp {
         addr,
         queue: queue.to_string(),
+        namespace,
         database: database.to_string(),
         redis_prefix: redis_prefix.to_string(),
         stop,
@@ -111,6 +166,16 @@ impl Drop for TestApp {
         // Quorum queues are heavy: leaving one set per test behind wedges the broker after
         // many runs. Best effort, on a thread of its own (we may be inside the test runtime).
         let queue = self.queue.clone();
+        // Exchanges of a private namespace go too (never Conduit's shared ones).
+        let exchanges: Vec<String> = if self.namespace.starts_with(&queue) {
+            herald_ingest::amqp::EVENT_TYPES
+                .iter()
+                .map(|t| format!("{}:{t}", self.namespace))
+                .chain([queue.clone()])
+                .collect()
+        } else {
+            Vec::new()
+        };
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -133,6 +198,14 @@ impl Drop for TestApp {
                             .queue_delete(
                                 q.as_str().into(),
                                 lapin::options::QueueDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                    for e in &exchanges {
+                        let _ = ch
+                            .exchange_delete(
+                                e.as_str().into(),
+                                lapin::options::ExchangeDeleteOptions::default(),
                             )
                             .await;
                     }
@@ -222,6 +295,11 @@ impl TestApp {
         r.json()["key"].as_str().unwrap().to_string()
     }
 
+    /// The MassTransit fanout exchange of `event_type` this node is bound to.
+    pub fn exchange(&self, event_type: &str) -> String {
+        format!("{}:{event_type}", self.namespace)
+    }
+
     pub fn ws_url(&self, hub: &str, query: &str) -> String {
         format!("ws://{}{hub}?{query}", self.addr)
     }
@@ -291,10 +369,17 @@ pub async fn amqp_publish_many(messages: &[(String, lapin::ExchangeKind, String,
     let _ = conn.close(200, "done".into()).await;
 }
 
-pub async fn publish_spend(message_id: &str, key_id: i64, amount: &str, total: &str) {
+/// Publishes a MassTransit SpendUpdated to the SpendUpdated exchange `app` is bound to.
+pub async fn publish_spend(
+    app: &TestApp,
+    message_id: &str,
+    key_id: i64,
+    amount: &str,
+    total: &str,
+) {
     let body = masstransit_spend(message_id, key_id, amount, total);
     amqp_publish(
-        "ConduitLLM.Core.Events:SpendUpdated",
+        &app.exchange("SpendUpdated"),
         lapin::ExchangeKind::Fanout,
         "",
         body.as_bytes(),
