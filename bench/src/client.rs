@@ -1,0 +1,405 @@
+//! Benchmark clients: SignalR JSON hub protocol (Herald and the floor) and Socket.IO 4 over
+//! Engine.IO 4 WebSocket (the peer). Each connection is one task; every delivery is checked
+//! against the connection's key and its event sequence (loss, duplicates, misrouting) and its
+//! send timestamp goes into the latency histogram.
+use crate::Error;
+use crate::http::{Http, authority, json_string_field};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    SignalR,
+    SocketIo,
+}
+
+/// Which events a connection has seen, by sequence number within its key: everything below
+/// `lo`, plus the (few) numbers in `above` that arrived ahead of a gap.
+#[derive(Default)]
+pub struct Track {
+    lo: u64,
+    above: Vec<u64>,
+    pub duplicates: u64,
+    pub misrouted: u64,
+    /// Connected at least once (only those are expected to receive anything).
+    pub connected: bool,
+    /// The last cursor received (SignalR resume).
+    pub cursor: Option<String>,
+}
+
+impl Track {
+    fn see(&mut self, seq: u64) {
+        if seq < self.lo {
+            self.duplicates += 1;
+        } else if seq == self.lo {
+            self.lo += 1;
+            while let Some(pos) = self.above.iter().position(|&s| s == self.lo) {
+                self.above.swap_remove(pos);
+                self.lo += 1;
+            }
+        } else if self.above.contains(&seq) {
+            self.duplicates += 1;
+        } else {
+            self.above.push(seq);
+        }
+    }
+
+    pub fn unique(&self) -> u64 {
+        self.lo + self.above.len() as u64
+    }
+}
+
+pub struct Shared {
+    pub run: String,
+    pub protocol: Protocol,
+    pub hist: Mutex<Histogram<u64>>,
+    pub deliveries: AtomicU64,
+    /// Records that were not benchmark events of this run (pings excluded).
+    pub other_records: AtomicU64,
+    pub connected: AtomicUsize,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub gave_up: AtomicUsize,
+    pub disconnects: AtomicU64,
+    pub last_delivery_ns: AtomicU64,
+    pub tracks: Vec<Mutex<Track>>,
+    pub reconnect: bool,
+    pub stop: AtomicBool,
+    pub connect_gate: Semaphore,
+}
+
+impl Shared {
+    pub fn new(
+        run: String,
+        protocol: Protocol,
+        n: usize,
+        reconnect: bool,
+        inflight: usize,
+    ) -> Self {
+        Self {
+            run,
+            protocol,
+            // 1 µs .. 1 h, 3 significant digits: cannot fail.
+            hist: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
+            ),
+            deliveries: AtomicU64::new(0),
+            other_records: AtomicU64::new(0),
+            connected: AtomicUsize::new(0),
+            connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            gave_up: AtomicUsize::new(0),
+            disconnects: AtomicU64::new(0),
+            last_delivery_ns: AtomicU64::new(0),
+            tracks: (0..n).map(|_| Mutex::new(Track::default())).collect(),
+            reconnect,
+            stop: AtomicBool::new(false),
+            connect_gate: Semaphore::new(inflight.max(1)),
+        }
+    }
+
+    pub fn track(&self, i: usize) -> std::sync::MutexGuard<'_, Track> {
+        self.tracks[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Where and how one connection connects.
+pub struct ConnSpec {
+    pub index: usize,
+    /// The key id this connection listens to.
+    pub key_id: i64,
+    /// Credential: raw virtual key (Herald) or the room name (floor, peer).
+    pub token: String,
+    /// Base WebSocket URLs (`ws://host:port`), first for the first connect; reconnects rotate.
+    pub urls: Arc<Vec<String>>,
+    pub reconnect_urls: Arc<Vec<String>>,
+    /// Path of the hub (`/hubs/spend`, `/hub`, `/socket.io/`).
+    pub path: Arc<str>,
+    pub negotiate: bool,
+    pub source: Option<IpAddr>,
+}
+
+const RS: char = '\u{1e}';
+
+/// Runs one connection until the run stops (reconnecting if asked to).
+pub async fn run_connection(spec: ConnSpec, shared: Arc<Shared>) {
+    let mut attempt = 0u32;
+    let mut ever = false;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let urls = if ever {
+            &spec.reconnect_urls
+        } else {
+            &spec.urls
+        };
+        let base = &urls[(spec.index + attempt as usize) % urls.len()];
+        let permit = shared.connect_gate.acquire().await;
+        let cursor = shared.track(spec.index).cursor.clone();
+        let conn = tokio::time::timeout(
+            Duration::from_secs(20),
+            connect(&spec, base, cursor.as_deref(), shared.protocol),
+        )
+        .await
+        .unwrap_or_else(|_| Err("connect timed out".into()));
+        drop(permit);
+        match conn {
+            Ok((ws, rest)) => {
+                attempt = 0;
+                ever = true;
+                shared.track(spec.index).connected = true;
+                shared.connects.fetch_add(1, Ordering::Relaxed);
+                shared.connected.fetch_add(1, Ordering::Relaxed);
+                let _ = session(ws, rest, &spec, &shared).await;
+                shared.connected.fetch_sub(1, Ordering::Relaxed);
+                shared.disconnects.fetch_add(1, Ordering::Relaxed);
+                if !shared.reconnect {
+                    return;
+                }
+            }
+            Err(e) => {
+                shared.connect_failures.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+                if !shared.reconnect && attempt >= 5 {
+                    eprintln!("connection {} gave up: {e}", spec.index);
+                    shared.gave_up.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        // Back off with jitter so reconnects spread out.
+        let base_ms = 50u64 << attempt.min(5);
+        let jitter = now_ns() % base_ms.max(1);
+        tokio::time::sleep(Duration::from_millis(base_ms + jitter)).await;
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connects and completes the protocol handshake. Returns the socket and any records that
+/// arrived in the same frame as the handshake answer.
+async fn connect(
+    spec: &ConnSpec,
+    base: &str,
+    cursor: Option<&str>,
+    protocol: Protocol,
+) -> Result<(Ws, String), Error> {
+    let host = authority(base)?;
+    let mut url = format!("{base}{}", spec.path);
+    match protocol {
+        Protocol::SignalR => {
+            let token = if spec.negotiate {
+                let mut http = Http::new(host.clone());
+                let r = http
+                    .post(
+                        &format!("{}/negotiate?negotiateVersion=1", spec.path),
+                        Some(&spec.token),
+                        "",
+                    )
+                    .await?;
+                if r.status != 200 {
+                    return Err(format!("negotiate answered {}", r.status).into());
+                }
+                Some(
+                    json_string_field(&r.body, "connectionToken")
+                        .ok_or("negotiate: no connectionToken")?
+                        .to_owned(),
+                )
+            } else {
+                None
+            };
+            url.push_str("?access_token=");
+            url.push_str(&spec.token);
+            if let Some(t) = token {
+                url.push_str("&id=");
+                url.push_str(&t);
+            }
+            if let Some(c) = cursor {
+                url.push_str("&cursor=");
+                url.push_str(c);
+            }
+        }
+        Protocol::SocketIo => {
+            url.push_str("?EIO=4&transport=websocket&key=");
+            url.push_str(&spec.token);
+        }
+    }
+    let addr: SocketAddr = tokio::net::lookup_host(&host)
+        .await?
+        .next()
+        .ok_or("no address")?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(src) = spec.source {
+        socket.bind(SocketAddr::new(src, 0))?;
+    }
+    let tcp = socket.connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
+    let rest = match protocol {
+        Protocol::SignalR => {
+            ws.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}"))
+                .await?;
+            let first = next_text(&mut ws).await?;
+            let (hs, rest) = first
+                .split_once(RS)
+                .ok_or("handshake answer without separator")?;
+            if hs.trim() != "{}" {
+                return Err(format!("handshake refused: {hs}").into());
+            }
+            rest.to_owned()
+        }
+        Protocol::SocketIo => {
+            let open = next_text(&mut ws).await?;
+            if !open.starts_with('0') {
+                return Err(format!("engine.io open expected, got {open:?}").into());
+            }
+            ws.send(Message::text("40")).await?;
+            loop {
+                let m = next_text(&mut ws).await?;
+                if m.starts_with("40") {
+                    break;
+                }
+                if m == "2" {
+                    ws.send(Message::text("3")).await?;
+                    continue;
+                }
+                return Err(format!("socket.io connect refused: {m}").into());
+            }
+            String::new()
+        }
+    };
+    Ok((ws, rest))
+}
+
+async fn next_text(ws: &mut Ws) -> Result<String, Error> {
+    loop {
+        match ws.next().await.ok_or("closed during handshake")?? {
+            Message::Text(t) => return Ok(t.as_str().to_owned()),
+            Message::Close(_) => return Err("closed during handshake".into()),
+            _ => {}
+        }
+    }
+}
+
+/// Reads deliveries until the server closes or the run stops.
+async fn session(mut ws: Ws, rest: String, spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
+    if !rest.is_empty() {
+        records(&rest, spec, shared)?;
+    }
+    let mut ping = tokio::time::interval(Duration::from_secs(15));
+    ping.tick().await;
+    let mut stop_check = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            m = ws.next() => match m.ok_or("closed")?? {
+                Message::Text(t) => match shared.protocol {
+                    Protocol::SignalR => records(t.as_str(), spec, shared)?,
+                    Protocol::SocketIo => match t.as_str() {
+                        "2" => ws.send(Message::text("3")).await?,
+                        s if s.starts_with("42") => deliver(s, spec, shared),
+                        s if s.starts_with("41") || s.starts_with('1') => return Ok(()),
+                        _ => {}
+                    },
+                },
+                Message::Close(_) => return Ok(()),
+                _ => {}
+            },
+            _ = ping.tick(), if shared.protocol == Protocol::SignalR => {
+                ws.send(Message::text("{\"type\":6}\u{1e}")).await?;
+            }
+            _ = stop_check.tick() => if shared.stop.load(Ordering::Relaxed) { return Ok(()) },
+        }
+    }
+}
+
+/// Handles the SignalR records of one frame; `Err` when the server sent Close.
+fn records(frame: &str, spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
+    for rec in frame.split(RS) {
+        if rec.is_empty() || rec.starts_with("{\"type\":6") {
+            continue;
+        }
+        if rec.starts_with("{\"type\":7") {
+            return Err(format!("server closed: {rec}").into());
+        }
+        deliver(rec, spec, shared);
+    }
+    Ok(())
+}
+
+/// Accounts one delivered event: `eventId` is `{run}-{key}-{seq}`, `requestId` is
+/// `t{send time in ns since the epoch}`.
+fn deliver(rec: &str, spec: &ConnSpec, shared: &Shared) {
+    let now = now_ns();
+    let parsed = json_string_field(rec, "eventId").and_then(|id| {
+        let mut parts = id.rsplitn(3, '-');
+        let seq: u64 = parts.next()?.parse().ok()?;
+        let key: i64 = parts.next()?.parse().ok()?;
+        (parts.next()? == shared.run).then_some((key, seq))
+    });
+    let Some((key, seq)) = parsed else {
+        shared.other_records.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if let Some(sent) = json_string_field(rec, "requestId")
+        .and_then(|r| r.strip_prefix('t'))
+        .and_then(|t| t.parse::<u64>().ok())
+    {
+        let us = now.saturating_sub(sent) / 1000;
+        let _ = shared
+            .hist
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(us.max(1));
+    }
+    shared.deliveries.fetch_add(1, Ordering::Relaxed);
+    shared.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
+    let mut t = shared.track(spec.index);
+    if key != spec.key_id {
+        t.misrouted += 1;
+        return;
+    }
+    t.see(seq);
+    if shared.reconnect
+        && let Some(c) = json_string_field(rec, "cursor")
+    {
+        t.cursor = Some(c.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Track;
+
+    #[test]
+    fn track_counts_unique_and_duplicates() {
+        let mut t = Track::default();
+        for s in [0, 1, 3, 2, 2, 5, 4, 0] {
+            t.see(s);
+        }
+        assert_eq!(t.unique(), 6);
+        assert_eq!(t.duplicates, 2);
+    }
+}
