@@ -3,6 +3,7 @@
 //! listener; it subscribes to an audience's channel only while that audience has one.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod mailbox;
 mod memory;
 mod position;

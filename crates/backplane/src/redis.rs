@@ -7,14 +7,20 @@
 //! Each node has one subscriber connection, subscribed only to audiences with local listeners.
 //! When it drops or stops answering pings, the node reconnects, resubscribes, and replays
 //! from the streams whatever each audience missed, so local listeners lose nothing.
+//!
+//! A `redis+cluster://` URL (or a comma-separated list of node URLs) selects Redis Cluster
+//! (see `cluster.rs`): the same script runs on the audience's shard with SPUBLISH, and the
+//! subscriber uses sharded pub/sub (SSUBSCRIBE) on the shard owning each channel.
+use crate::cluster::{ClusterSubscriber, ClusterTarget};
 use crate::router::{Router, Subscription};
 use crate::{Backplane, BackplaneError, Delivery, History, Mailbox, Position};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use herald_domain::catalog::TaskState;
 use herald_domain::{Audience, OutboundEvent};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::{AsyncCommands, Script, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +70,12 @@ redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[3])
 return id
 "#;
 
+/// The publish script for Redis Cluster: the channel shares the audience's hash tag, so the
+/// sharded publish stays on the script's slot.
+fn cluster_publish_script() -> String {
+    PUBLISH_SCRIPT.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+}
+
 /// KEYS: task. ARGV: state JSON, terminal (1/0), ttl ms. Keeps a terminal state against a
 /// late non-terminal one.
 const TASK_SCRIPT: &str = r#"
@@ -76,8 +88,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 "#;
 
-struct Names {
-    prefix: String,
+pub(crate) struct Names {
+    pub(crate) prefix: String,
 }
 
 impl Names {
@@ -94,37 +106,85 @@ impl Names {
     fn last(&self, a: Audience) -> String {
         format!("{}:{{{a}}}:last", self.prefix)
     }
-    fn channel(&self, a: Audience) -> String {
+    pub(crate) fn channel(&self, a: Audience) -> String {
         format!("{}:{{{a}}}:live", self.prefix)
     }
 }
 
-enum Command {
+pub(crate) enum Command {
     Subscribe(Audience, oneshot::Sender<Result<(), BackplaneError>>),
     Vacated(Audience),
 }
 
+/// Where the backplane's Redis is: one server, or a cluster.
+#[derive(Clone)]
+enum Target {
+    Single(redis::Client),
+    Cluster(ClusterTarget),
+}
+
+/// A command connection to either kind of target. Both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisBackplane {
-    client: redis::Client,
+    target: Target,
     config: RedisConfig,
     names: Arc<Names>,
     script: Script,
     task_script: Script,
-    conn: Mutex<Option<ConnectionManager>>,
+    conn: Mutex<Option<Conn>>,
     router: Arc<Router>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BackplaneError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> BackplaneError {
     BackplaneError::Unavailable(e.to_string())
 }
 
 impl RedisBackplane {
     /// Validates the URL and starts the subscriber task. Connections are made lazily and
-    /// re-made after failures, so this succeeds while Redis is down.
+    /// re-made after failures, so this succeeds while Redis is down. A `redis+cluster://` URL
+    /// or a comma-separated list of node URLs selects Redis Cluster.
     pub fn connect(config: RedisConfig) -> Result<Arc<Self>, BackplaneError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?;
+        let target = match ClusterTarget::parse(&config.url)? {
+            Some(cluster) => Target::Cluster(cluster),
+            None => Target::Single(
+                redis::Client::open(config.url.as_str())
+                    .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?,
+            ),
+        };
         let names = Arc::new(Names {
             prefix: config.prefix.clone(),
         });
@@ -140,45 +200,88 @@ impl RedisBackplane {
                 }
             }
         });
+        let script = match target {
+            Target::Single(_) => Script::new(PUBLISH_SCRIPT),
+            Target::Cluster(_) => Script::new(&cluster_publish_script()),
+        };
         let bp = Arc::new(Self {
-            client: client.clone(),
+            target: target.clone(),
             config: config.clone(),
             names: names.clone(),
-            script: Script::new(PUBLISH_SCRIPT),
+            script,
             task_script: Script::new(TASK_SCRIPT),
             conn: Mutex::new(None),
             router: router.clone(),
             commands: tx,
         });
-        let subscriber = Subscriber {
-            client,
-            names,
-            router,
-            probe: config.probe_interval,
-            weak: Arc::downgrade(&bp),
-        };
-        tokio::spawn(subscriber.run(rx));
+        match target {
+            Target::Single(client) => {
+                let subscriber = Subscriber {
+                    client,
+                    names,
+                    router,
+                    probe: config.probe_interval,
+                    weak: Arc::downgrade(&bp),
+                };
+                tokio::spawn(subscriber.run(rx));
+            }
+            Target::Cluster(cluster) => {
+                let subscriber = ClusterSubscriber::new(
+                    cluster,
+                    names,
+                    router,
+                    config.probe_interval,
+                    Arc::downgrade(&bp),
+                );
+                tokio::spawn(subscriber.run(rx));
+            }
+        }
         Ok(bp)
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, BackplaneError> {
+    /// True when the backplane talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
+    }
+
+    async fn conn(&self) -> Result<Conn, BackplaneError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
-        let c = ConnectionManager::new_with_config(self.client.clone(), cfg)
-            .await
-            .map_err(unavailable)?;
+        let c = match &self.target {
+            Target::Single(client) => {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(2);
+                Conn::Single(
+                    ConnectionManager::new_with_config(client.clone(), cfg)
+                        .await
+                        .map_err(unavailable)?,
+                )
+            }
+            Target::Cluster(cluster) => Conn::Cluster(cluster.command_connection().await?),
+        };
         *slot = Some(c.clone());
         Ok(c)
     }
 
+    /// `CLUSTER SLOTS` from any node (cluster only).
+    pub(crate) async fn cluster_slots(&self) -> Result<Value, BackplaneError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
     /// The newest position of the audience's stream (`ZERO` when it is empty).
-    async fn last_position(&self, audience: Audience) -> Result<Position, BackplaneError> {
+    pub(crate) async fn last_position(
+        &self,
+        audience: Audience,
+    ) -> Result<Position, BackplaneError> {
         let mut conn = self.conn().await?;
         let v: Value = redis::cmd("XREVRANGE")
             .arg(self.names.stream(audience))
@@ -197,7 +300,7 @@ impl RedisBackplane {
         })
     }
 
-    async fn read_history(
+    pub(crate) async fn read_history(
         &self,
         audience: Audience,
         after: Option<Position>,
@@ -276,7 +379,7 @@ fn text(v: Value) -> Option<String> {
     }
 }
 
-fn decode(audience: Audience, id: &str, data: &str) -> Option<Delivery> {
+pub(crate) fn decode(audience: Audience, id: &str, data: &str) -> Option<Delivery> {
     let position = id.parse().ok()?;
     match serde_json::from_str::<OutboundEvent>(data) {
         Ok(ev) => Some(Delivery {
@@ -395,7 +498,7 @@ struct Subscriber {
 }
 
 /// Per audience: the last position handed to local listeners.
-type Seen = HashMap<Audience, Position>;
+pub(crate) type Seen = HashMap<Audience, Position>;
 
 impl Subscriber {
     async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
@@ -533,13 +636,8 @@ impl Subscriber {
         }
     }
 
-    /// Hands a live or replayed delivery on, once, in stream order.
     fn dispatch(&self, d: Delivery, seen: &mut Seen) {
-        if seen.get(&d.audience).is_some_and(|p| d.position <= *p) {
-            return;
-        }
-        seen.insert(d.audience, d.position);
-        self.router.dispatch(&d);
+        dispatch(&self.router, d, seen);
     }
 
     async fn fill_gaps(
@@ -548,27 +646,48 @@ impl Subscriber {
         seen: &mut Seen,
         floors: &Seen,
     ) -> Result<(), BackplaneError> {
-        let Some(bp) = self.weak.upgrade() else {
-            return Ok(());
+        fill_gaps(&self.weak, &self.router, audiences, seen, floors).await
+    }
+}
+
+/// Hands a live or replayed delivery on, once, in stream order.
+pub(crate) fn dispatch(router: &Router, d: Delivery, seen: &mut Seen) {
+    if seen.get(&d.audience).is_some_and(|p| d.position <= *p) {
+        return;
+    }
+    seen.insert(d.audience, d.position);
+    router.dispatch(&d);
+}
+
+/// Replays from the streams what each audience missed since the last position handed on (or,
+/// for an audience that has delivered nothing yet, since its floor).
+pub(crate) async fn fill_gaps(
+    weak: &std::sync::Weak<RedisBackplane>,
+    router: &Router,
+    audiences: &[Audience],
+    seen: &mut Seen,
+    floors: &Seen,
+) -> Result<(), BackplaneError> {
+    let Some(bp) = weak.upgrade() else {
+        return Ok(());
+    };
+    for &a in audiences {
+        let Some(mut after) = seen.get(&a).or(floors.get(&a)).copied() else {
+            continue;
         };
-        for &a in audiences {
-            let Some(mut after) = seen.get(&a).or(floors.get(&a)).copied() else {
-                continue;
-            };
-            loop {
-                let page = bp.read_history(a, Some(after), 500).await?;
-                let n = page.events.len();
-                for d in page.events {
-                    after = d.position;
-                    self.dispatch(d, seen);
-                }
-                if n < 500 {
-                    break;
-                }
+        loop {
+            let page = bp.read_history(a, Some(after), 500).await?;
+            let n = page.events.len();
+            for d in page.events {
+                after = d.position;
+                dispatch(router, d, seen);
+            }
+            if n < 500 {
+                break;
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 async fn ping(sink: &mut PubSubSink) -> redis::RedisResult<()> {
