@@ -304,14 +304,13 @@ async fn next_text(ws: &mut Ws) -> Result<String, Error> {
     }
 }
 
-/// Reads deliveries until the server closes or the run stops.
+/// Reads deliveries until the server closes (the process exits at the end of a run).
 async fn session(mut ws: Ws, rest: String, spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
     if !rest.is_empty() {
         records(&rest, spec, shared)?;
     }
     let mut ping = tokio::time::interval(Duration::from_secs(15));
     ping.tick().await;
-    let mut stop_check = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             m = ws.next() => match m.ok_or("closed")?? {
@@ -330,7 +329,6 @@ async fn session(mut ws: Ws, rest: String, spec: &ConnSpec, shared: &Shared) -> 
             _ = ping.tick(), if shared.protocol == Protocol::SignalR => {
                 ws.send(Message::text("{\"type\":6}\u{1e}")).await?;
             }
-            _ = stop_check.tick() => if shared.stop.load(Ordering::Relaxed) { return Ok(()) },
         }
     }
 }
