@@ -25,7 +25,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
     } else {
         LogFormat::Text
     };
-    telemetry::init(settings.log_format.unwrap_or(default_format));
+    telemetry::init(
+        settings.log_format.unwrap_or(default_format),
+        &settings.node_id,
+    );
     match (role, command) {
         (Some(role), _) => run_role(role, settings).await,
         (None, Command::Migrate) => {

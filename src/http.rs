@@ -146,11 +146,14 @@ async fn post_event(
         traceparent: header_text("traceparent"),
     };
     match api.pipeline.process(&body, &meta).await {
-        Ok(p) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"eventId": p.event_id.as_str()})),
-        )
-            .into_response(),
+        Ok(p) => {
+            tracing::debug!(event_id = %p.event_id, event_type = p.event_type, key_id = p.key_id.map(|k| k.get()), published = p.published, alerts = p.alerts, "event accepted over HTTP");
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"eventId": p.event_id.as_str()})),
+            )
+                .into_response()
+        }
         Err(Failure::Rejected(reason)) => error(StatusCode::BAD_REQUEST, reason.to_string()),
         Err(Failure::Transient(reason)) => error(StatusCode::SERVICE_UNAVAILABLE, reason),
         // Over HTTP the caller holds the event: it can send it again after the one it waits for.

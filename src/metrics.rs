@@ -1,7 +1,5 @@
-//! Prometheus text exposition of the process's own counters. The full set (DESIGN §8) grows
-//! with the operations work; this is the shape it grows in.
-use std::fmt::Write;
-
+//! `GET /metrics`: this process's Prometheus metrics (herald-telemetry), every series labelled
+//! with the node id and role.
 pub struct Metrics {
     role: &'static str,
     node_id: String,
@@ -13,22 +11,6 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "# HELP herald_build_info Herald build and role.");
-        let _ = writeln!(out, "# TYPE herald_build_info gauge");
-        let _ = writeln!(
-            out,
-            "herald_build_info{{version=\"{}\",role=\"{}\",node=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION"),
-            self.role,
-            escape(&self.node_id)
-        );
-        out
+        herald_telemetry::metrics().render(&self.node_id, self.role)
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

@@ -495,6 +495,7 @@ impl ClusterSubscriber {
             .map(|(&aud, _)| aud)
             .collect();
         if !affected.is_empty() {
+            herald_telemetry::metrics().reconnects.with("redis").inc();
             tracing::info!(shard = %addr, audiences = affected.len(), "redis cluster shard connection lost; subscribing again");
         }
         for a in affected {

@@ -551,6 +551,7 @@ impl Subscriber {
                 continue;
             }
             if !first {
+                herald_telemetry::metrics().reconnects.with("redis").inc();
                 tracing::info!(
                     audiences = audiences.len(),
                     "redis subscriber reconnected; filling gaps from history"

@@ -2,6 +2,8 @@
 //! audiences have listeners; the backplane subscribes to exactly those.
 use crate::{Delivery, Mailbox};
 use herald_domain::Audience;
+use herald_telemetry::metrics;
+use herald_telemetry::trace::{self, Span, SpanKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
@@ -40,11 +42,30 @@ impl Router {
         }
     }
 
-    /// Hands a delivery to every local listener of its audience.
+    /// Hands a delivery to every local listener of its audience, in a `herald.deliver` span
+    /// (a child of the event's trace), and observes the bus-to-dispatch latency.
     pub(crate) fn dispatch(&self, d: &Delivery) {
         let mut map = self.listeners();
         if let Some(list) = map.get_mut(&d.audience) {
+            let span = trace::enabled().then(|| {
+                Span::start(
+                    "herald.deliver",
+                    SpanKind::Consumer,
+                    d.event.traceparent.as_deref(),
+                )
+            });
             list.retain(|m| m.offer(d.clone()));
+            if let Some(mut span) = span {
+                span.set("herald.event_id", d.event.event_id.as_str());
+                span.set("herald.audience", d.audience);
+                span.set("herald.listeners", list.len());
+                span.end();
+            }
+            // A clock behind the source's counts as zero, not as a huge duration.
+            let age = chrono::Utc::now() - d.event.timestamp;
+            metrics()
+                .delivery_latency_seconds
+                .observe(age.to_std().unwrap_or_default());
         }
     }
 

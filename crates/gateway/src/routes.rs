@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_backplane::Mailbox;
+use herald_telemetry::metrics;
 use rand::RngCore;
 use serde_json::json;
 use std::sync::Arc;
@@ -32,6 +33,14 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
 }
 
 fn refuse(status: StatusCode, text: &str) -> Response {
+    let reason = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "unknown_hub",
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "other",
+    };
+    metrics().connections_rejected.with(reason).inc();
     let mut r = (status, format!("{text}\n")).into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut()

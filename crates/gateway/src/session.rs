@@ -9,6 +9,8 @@ use crate::protocol::{self, ClientMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use herald_backplane::{Delivery, MailboxReceiver, Received, Subscription};
 use herald_domain::{Audience, KeyHash, KeyId};
+use herald_telemetry::metrics;
+use herald_telemetry::metrics::{Counter, Gauge};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -77,6 +79,27 @@ struct Session {
     shutdown: watch::Receiver<bool>,
     /// Set when shutdown began: the moment this connection is closed.
     drain_at: Option<Instant>,
+    /// `herald_events_delivered_total` of this hub, looked up once.
+    delivered_total: Arc<Counter>,
+}
+
+/// Counts an open connection in `herald_connections` from handshake to close.
+struct Live(Arc<Gauge>);
+
+impl Live {
+    fn open(hub: &str) -> Self {
+        let m = metrics();
+        m.connections_opened.with(hub).inc();
+        let g = m.connections.with(hub);
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Events on a key's stream after which the connection re-checks that its key is still usable.
@@ -131,9 +154,10 @@ pub(crate) async fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) {
     };
     let audiences = setup.subscriptions.iter().map(|s| s.audience()).collect();
     let shutdown = gw.shutdown.subscribe();
-    let who = match &setup.principal {
-        Principal::Key(k) => format!("key {}", k.id),
-        Principal::Master => "master".to_owned(),
+    // Who connected, by key id only: the raw key never reaches a log line.
+    let key_id = match &setup.principal {
+        Principal::Key(k) => Some(k.id.get()),
+        Principal::Master => None,
     };
     let mut s = Session {
         ws,
@@ -154,16 +178,18 @@ pub(crate) async fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) {
         recheck_key: false,
         shutdown,
         drain_at: None,
+        delivered_total: metrics().delivered.with(setup.hub.name),
         gw,
     };
-    tracing::debug!(connection = %s.connection_id, hub = s.hub.name, %who, "connected");
+    tracing::debug!(connection = %s.connection_id, hub = s.hub.name, key_id, "connected");
     let _ = s.serve(setup.resume).await;
-    tracing::debug!(connection = %s.connection_id, hub = s.hub.name, %who, "disconnected");
+    tracing::debug!(connection = %s.connection_id, hub = s.hub.name, key_id, "disconnected");
 }
 
 impl Session {
     async fn serve(&mut self, resume: Option<Cursor>) -> Step {
         self.handshake().await?;
+        let _live = Live::open(self.hub.name);
         if let Some(cursor) = resume {
             match self.replay(&cursor).await {
                 Ok(_) => {}
@@ -535,11 +561,16 @@ impl Session {
             return false;
         }
         let cursor = self.delivered.encode();
-        if self.hub.conduit_tasks {
-            return self.render_conduit_task(d, &cursor, buf);
+        let wrote = if self.hub.conduit_tasks {
+            self.render_conduit_task(d, &cursor, buf)
+        } else {
+            protocol::push_invocation(buf, &d.event.name, d.event.payload.get(), Some(&cursor));
+            true
+        };
+        if wrote {
+            self.delivered_total.inc();
         }
-        protocol::push_invocation(buf, &d.event.name, d.event.payload.get(), Some(&cursor));
-        true
+        wrote
     }
 
     async fn on_mailbox(&mut self, r: Received) -> Step {
@@ -595,6 +626,7 @@ impl Session {
 
     async fn slow_consumer(&mut self) -> Step {
         tracing::info!(connection = %self.connection_id, hub = self.hub.name, "slow consumer closed");
+        metrics().slow_consumer_closes.with(self.hub.name).inc();
         self.close(Some("slow consumer: outbound queue full"), true)
             .await
     }
@@ -625,6 +657,10 @@ impl Session {
                     .await
                     .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
                 let mut buf = String::new();
+                if first {
+                    let outcome = if history.gap { "gap" } else { "replayed" };
+                    metrics().resumes.with(outcome).inc();
+                }
                 if first && history.gap {
                     let payload = format!("{{\"audience\":\"{audience}\"}}");
                     let cursor = self.delivered.encode();

@@ -11,6 +11,7 @@ use crate::envelope::{self, MessageMeta};
 use crate::pipeline::{Failure, Pipeline};
 use futures_util::StreamExt;
 use herald_domain::{EventId, Invalid};
+use herald_telemetry::metrics;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -353,6 +354,7 @@ impl Consumer {
                 Ok(End::Shutdown) => break,
                 Err(e) => {
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    metrics().reconnects.with("amqp").inc();
                     if consumed {
                         delay = RECONNECT_MIN;
                     }
@@ -434,6 +436,10 @@ impl Consumer {
         };
         ready.store(true, Ordering::SeqCst);
         tracing::info!(queue = %self.config.queue, prefetch = self.config.prefetch, "AMQP consumer active");
+        let _lag = AbortOnDrop(tokio::spawn(watch_lag(
+            channel.clone(),
+            self.config.queue.clone(),
+        )));
         loop {
             let next = tokio::select! {
                 biased;
@@ -477,6 +483,7 @@ impl Consumer {
     ) -> Result<Option<End>, AmqpError> {
         if delivery.redelivered {
             self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+            metrics().consumer_redeliveries.inc();
         }
         let meta = meta_of(&delivery);
         let body: Arc<Vec<u8>> = Arc::new(std::mem::take(&mut delivery.data));
@@ -486,7 +493,8 @@ impl Consumer {
                 Ok(p) => {
                     ack(&delivery).await?;
                     self.stats.processed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(event_id = %p.event_id, event_type = p.event_type, published = p.published, alerts = p.alerts, "processed");
+                    metrics().consumed.with(p.event_type).inc();
+                    tracing::debug!(event_id = %p.event_id, event_type = p.event_type, key_id = p.key_id.map(|k| k.get()), published = p.published, alerts = p.alerts, "processed");
                     return Ok(None);
                 }
                 Err(Failure::Rejected(reason)) => {
@@ -495,6 +503,7 @@ impl Consumer {
                         .await?;
                     ack(&delivery).await?;
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    metrics().dead_lettered.with("rejected").inc();
                     let message_id = event_id
                         .as_ref()
                         .map(EventId::to_string)
@@ -523,9 +532,11 @@ impl Consumer {
                         self.dead_letter(dead, &delivery, &body, &reason, event_id.as_ref())
                             .await?;
                         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        metrics().dead_lettered.with("deferred_too_often").inc();
                         tracing::warn!(event_id = ?event_id.map(|e| e.to_string()), %reason, "message dead-lettered");
                     } else {
                         self.defer(dead, &delivery, &body, attempts).await?;
+                        metrics().consumer_deferred.inc();
                         tracing::info!(%reason, attempts, "message deferred");
                     }
                     ack(&delivery).await?;
@@ -533,6 +544,7 @@ impl Consumer {
                 }
                 Err(Failure::Transient(error)) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics().consumer_retries.inc();
                     tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "dependency unavailable; holding the message and retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -674,6 +686,40 @@ async fn republish(
         .await
         .map_err(broker(target))?;
     accepted(confirm, target)
+}
+
+/// How often the queue depth is sampled for `herald_consumer_lag_messages`.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Samples the number of ready messages in the queue (a passive declare) while the session
+/// lasts. Errors are left to the consumer, which sees the same channel fail.
+async fn watch_lag(channel: Channel, queue: String) {
+    let Ok(name) = short(&queue, "queue name") else {
+        return;
+    };
+    loop {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(name.clone(), passive, FieldTable::default())
+            .await
+        {
+            Ok(q) => metrics().consumer_lag.set(i64::from(q.message_count())),
+            Err(_) => return,
+        }
+        tokio::time::sleep(LAG_EVERY).await;
+    }
+}
+
+/// Aborts a helper task when the session that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn ack(delivery: &Delivery) -> Result<(), AmqpError> {

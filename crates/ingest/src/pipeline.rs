@@ -15,8 +15,26 @@ use herald_domain::{
     OutboundEvent, SpendUpdated, VirtualKey,
 };
 use herald_store::{SharedStore, StoreError};
+use herald_telemetry::metrics;
+use herald_telemetry::trace::{self, Span, SpanKind};
 use rust_decimal::Decimal;
 use std::sync::Arc;
+use std::time::Instant;
+
+/// The metric label of an audience: its kind, never a key id (bounded cardinality).
+fn audience_kind(a: Audience) -> &'static str {
+    match a {
+        Audience::Key(_) => "key",
+        Audience::Global => "global",
+        Audience::Admin => "admin",
+    }
+}
+
+/// The threshold percent of a budget alert, for the metric label.
+fn alert_threshold(event: &OutboundEvent) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(event.payload.get()).ok()?;
+    v.get("threshold").map(|t| t.to_string())
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct PipelineConfig {
@@ -101,7 +119,71 @@ impl Pipeline {
     }
 
     /// Processes an already decoded event. `Ok` means its effects are durable.
-    pub async fn process_event(&self, ev: InboundEvent) -> Result<Processed, Failure> {
+    ///
+    /// Runs in a `herald.consume` span, a child of the message's `traceparent` (or a new
+    /// root); the outbound events carry this span's context through the backplane, so the
+    /// gateway's delivery spans join the same trace.
+    pub async fn process_event(&self, mut ev: InboundEvent) -> Result<Processed, Failure> {
+        if !trace::enabled() {
+            // Nothing to export: the inbound traceparent (if any) passes through unchanged.
+            return self.dispatch(ev).await;
+        }
+        let mut span = Span::start(
+            "herald.consume",
+            SpanKind::Consumer,
+            ev.traceparent.as_deref(),
+        );
+        span.set("herald.event_id", ev.id.as_str());
+        span.set("herald.event_type", ev.kind.type_name());
+        ev.traceparent = Some(span.traceparent());
+        let result = self.dispatch(ev).await;
+        match &result {
+            Ok(p) => {
+                if let Some(k) = p.key_id {
+                    span.set("herald.key_id", k);
+                }
+            }
+            Err(e) => span.fail(e),
+        }
+        span.end();
+        result
+    }
+
+    /// Publishes one event to its audiences in a `herald.publish` span, timed and counted.
+    async fn publish(&self, audiences: &[Audience], event: &OutboundEvent) -> Result<(), Failure> {
+        let mut span = trace::enabled().then(|| {
+            let mut span = Span::start(
+                "herald.publish",
+                SpanKind::Producer,
+                event.traceparent.as_deref(),
+            );
+            span.set("herald.event_id", event.event_id.as_str());
+            span.set("herald.event", &event.name);
+            span
+        });
+        let started = Instant::now();
+        let result = self.inner.backplane.publish(audiences, event).await;
+        let m = metrics();
+        m.backplane_publish_seconds.observe(started.elapsed());
+        match &result {
+            Ok(()) => {
+                for a in audiences {
+                    m.published.with(audience_kind(*a)).inc();
+                }
+            }
+            Err(e) => {
+                if let Some(span) = span.as_mut() {
+                    span.fail(e);
+                }
+            }
+        }
+        if let Some(span) = span {
+            span.end();
+        }
+        Ok(result?)
+    }
+
+    async fn dispatch(&self, ev: InboundEvent) -> Result<Processed, Failure> {
         let global = [Audience::Global, Audience::Admin];
         match &ev.kind {
             InboundKind::SpendUpdated(s) => self.spend_updated(&ev, s).await,
@@ -188,7 +270,7 @@ impl Pipeline {
         events: &[OutboundEvent],
     ) -> Result<Processed, Failure> {
         for e in events {
-            self.inner.backplane.publish(audiences, e).await?;
+            self.publish(audiences, e).await?;
         }
         Ok(Processed {
             event_id: ev.id.clone(),
@@ -254,21 +336,17 @@ impl Pipeline {
         }
         let name = ev.kind.type_name();
         let own = [Audience::Key(k.key_id), Audience::Admin];
-        self.inner
-            .backplane
-            .publish(
-                &own,
-                &OutboundEvent::with_fields(ev, name, Some(k.key_id), &k.fields),
-            )
-            .await?;
+        self.publish(
+            &own,
+            &OutboundEvent::with_fields(ev, name, Some(k.key_id), &k.fields),
+        )
+        .await?;
         // Other keys must not learn about this key: navigation goes to admins only.
-        self.inner
-            .backplane
-            .publish(
-                &[Audience::Admin],
-                &OutboundEvent::navigation(ev, "virtual_key", k.action, &k.fields),
-            )
-            .await?;
+        self.publish(
+            &[Audience::Admin],
+            &OutboundEvent::navigation(ev, "virtual_key", k.action, &k.fields),
+        )
+        .await?;
         Ok(Processed {
             event_id: ev.id.clone(),
             event_type: name,
@@ -336,13 +414,11 @@ impl Pipeline {
         };
 
         let audiences = [Audience::Key(key_id), Audience::Admin];
-        let backplane = &self.inner.backplane;
-        backplane
-            .publish(
-                &audiences,
-                &OutboundEvent::spend_update(ev, s, key_id, budget),
-            )
-            .await?;
+        self.publish(
+            &audiences,
+            &OutboundEvent::spend_update(ev, s, key_id, budget),
+        )
+        .await?;
         let mut alerts = 0;
         for alert in pending {
             let mut event = alert.event;
@@ -354,8 +430,12 @@ impl Pipeline {
                 Some(k) => [Audience::Key(k), Audience::Admin],
                 None => audiences,
             };
-            backplane.publish(&audiences, &event).await?;
+            self.publish(&audiences, &event).await?;
             store.mark_alert_published(&event.event_id).await?;
+            metrics()
+                .alerts_fired
+                .with(&alert_threshold(&event).unwrap_or_else(|| "unknown".into()))
+                .inc();
             alerts += 1;
         }
         Ok(Processed {

@@ -1,0 +1,621 @@
+//! Issue 6: what an operator sees. Herald runs as real processes here (metrics are per process,
+//! so in-process nodes of other tests cannot move these counters), against the real services.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A herald process; stderr (the logs) goes to a file read after it stops.
+struct Herald {
+    child: Child,
+    addr: SocketAddr,
+    logs: PathBuf,
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.logs);
+    }
+}
+
+impl Herald {
+    fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        let logs = std::env::temp_dir().join(unique("herald-ops-log-"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HERALD_") || k.starts_with("OTEL_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args)
+            .env("HERALD_LISTEN", "127.0.0.1:0")
+            .env("HERALD_MASTER_KEY", MASTER_KEY)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&logs).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("herald printed where it listens")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                break a.parse().unwrap();
+            }
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr, logs }
+    }
+
+    /// Stops the process with SIGTERM and returns its log lines.
+    fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.logs)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn metrics(&self) -> String {
+        let r = http(self.addr, "GET", "/metrics", &[], "").await;
+        assert_eq!(r.status, 200);
+        r.body
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if http(self.addr, "GET", "/readyz", &[], "").await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("herald never became ready");
+    }
+
+    async fn create_key(&self, id: i64, budget: &str) -> String {
+        let auth = format!("Bearer {MASTER_KEY}");
+        let r = http(
+            self.addr,
+            "POST",
+            "/v1/keys",
+            &[("Authorization", &auth)],
+            &format!(r#"{{"id":{id},"name":"k{id}","budget":{budget}}}"#),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["key"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The value of the series of `name` whose labels include all of `labels`; 0 when absent.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name {
+                return None;
+            }
+            let wanted = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Environment for a node on the real services with its own database, queue and prefix, bound
+/// to a private MassTransit namespace (`<queue>.ns`).
+async fn real_env(node: &str) -> (Vec<(&'static str, String)>, String) {
+    let database = create_database().await;
+    let queue = unique("herald.test.");
+    let ns = format!("{queue}.ns");
+    let bind = herald_ingest::amqp::EVENT_TYPES
+        .iter()
+        .map(|t| format!("{ns}:{t}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = vec![
+        ("HERALD_AMQP_URL", AMQP_URL.to_owned()),
+        ("HERALD_REDIS_URL", REDIS_URL.to_owned()),
+        ("HERALD_DATABASE_URL", database_url(&database)),
+        ("HERALD_AMQP_QUEUE", queue),
+        ("HERALD_AMQP_BIND", bind),
+        ("HERALD_REDIS_PREFIX", unique("herald-ops-")),
+        ("HERALD_MIGRATE", "true".to_owned()),
+        ("HERALD_NODE_ID", node.to_owned()),
+    ];
+    (env, ns)
+}
+
+async fn publish_mt(exchange: &str, body: &str, headers: &[(&str, &str)]) {
+    let conn = lapin::Connection::connect(AMQP_URL, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Fanout,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut table = lapin::types::FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            (*k).into(),
+            lapin::types::AMQPValue::LongString((*v).into()),
+        );
+    }
+    ch.basic_publish(
+        exchange.into(),
+        "".into(),
+        Default::default(),
+        body.as_bytes(),
+        lapin::BasicProperties::default()
+            .with_content_type("application/vnd.masstransit+json".into())
+            .with_headers(table),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn metrics_move_by_the_right_amounts_after_real_traffic() {
+    let (env, ns) = real_env("ops-metrics").await;
+    let node = Herald::start(&["standalone"], &env);
+    node.wait_ready().await;
+    let key = node.create_key(7, "10").await;
+    let before = node.metrics().await;
+    assert!(before.contains("# HELP herald_events_delivered_total "));
+    assert!(before.contains("# TYPE herald_delivery_latency_seconds histogram"));
+    assert_eq!(
+        sample(&before, "herald_build_info", &[("node", "ops-metrics")]),
+        1.0
+    );
+
+    let bad = upgrade_status(&format!(
+        "ws://{}/hubs/spend?access_token=condt_{}",
+        node.addr,
+        "0".repeat(32)
+    ))
+    .await;
+    assert_eq!(bad, 401);
+    let mut client = SignalR::connect(&format!("ws://{}/hubs/spend?access_token={key}", node.addr))
+        .await
+        .unwrap();
+
+    let exchange = format!("{ns}:SpendUpdated");
+    // 1 → 1.00 (10%), 6 → 6.00 (60%: the 50% alert), the same message again (a redelivery),
+    // and one the consumer must dead-letter.
+    publish_mt(&exchange, &masstransit_spend("ops-1", 7, "1", "1"), &[]).await;
+    publish_mt(&exchange, &masstransit_spend("ops-2", 7, "5", "6"), &[]).await;
+    publish_mt(&exchange, &masstransit_spend("ops-2", 7, "5", "6"), &[]).await;
+    publish_mt(&exchange, "{not json", &[]).await;
+    let mut names = Vec::new();
+    while names.len() < 3 {
+        let (name, _) = client.next_invocation(WAIT).await.expect("an event");
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(names, ["BudgetAlert", "SpendUpdate", "SpendUpdate"]);
+
+    // The consumer acks the last two after the client saw the first ones: poll until it has.
+    let mut after = node.metrics().await;
+    for _ in 0..100 {
+        let consumed = sample(
+            &after,
+            "herald_messages_consumed_total",
+            &[("type", "SpendUpdated")],
+        );
+        let dead = sample(&after, "herald_messages_dead_lettered_total", &[]);
+        if consumed >= 3.0 && dead >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = node.metrics().await;
+    }
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels) - sample(&before, name, labels)
+    };
+    let spend = [("hub", "spend")];
+    assert_eq!(
+        delta(
+            "herald_messages_consumed_total",
+            &[("type", "SpendUpdated")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(
+            "herald_messages_dead_lettered_total",
+            &[("reason", "rejected")]
+        ),
+        1.0
+    );
+    // Two updates and one alert reached the client; the repeat was not delivered again.
+    assert_eq!(delta("herald_events_delivered_total", &spend), 3.0);
+    assert_eq!(
+        delta("herald_budget_alerts_fired_total", &[("threshold", "50")]),
+        1.0
+    );
+    // Every publish goes to the key and to admin; the repeat is handed over too (the backplane
+    // drops it), so 3 updates + 1 alert per audience.
+    assert_eq!(
+        delta("herald_events_published_total", &[("audience", "key")]),
+        4.0
+    );
+    assert_eq!(
+        delta("herald_events_published_total", &[("audience", "admin")]),
+        4.0
+    );
+    assert_eq!(delta("herald_backplane_publish_seconds_count", &[]), 4.0);
+    assert!(delta("herald_delivery_latency_seconds_count", &[]) >= 3.0);
+    assert_eq!(sample(&after, "herald_connections", &spend), 1.0);
+    assert_eq!(delta("herald_connections_opened_total", &spend), 1.0);
+    assert_eq!(
+        delta(
+            "herald_connections_rejected_total",
+            &[("reason", "unauthorized")]
+        ),
+        1.0
+    );
+
+    drop(client);
+    let mut gauge = 1.0;
+    for _ in 0..100 {
+        gauge = sample(&node.metrics().await, "herald_connections", &spend);
+        if gauge == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gauge, 0.0, "a closed connection leaves the gauge");
+}
+
+/// A private redis-server on a free port, so stopping it disturbs no other test.
+struct PrivateRedis {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl PrivateRedis {
+    fn start_on(port: u16, dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let r = Self {
+            child: Some(child),
+            dir,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private redis-server did not start on {port}");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn readyz(addr: SocketAddr) -> (u16, Value) {
+    let r = http(addr, "GET", "/readyz", &[], "").await;
+    (r.status, r.json())
+}
+
+#[tokio::test]
+async fn readyz_is_503_while_redis_is_down_and_200_again_after_it_returns() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(unique("herald-ops-redis-"));
+    let mut redis = PrivateRedis::start_on(port, dir.clone());
+    let node = Herald::start(
+        &["standalone"],
+        &[
+            ("HERALD_REDIS_URL", format!("redis://127.0.0.1:{port}/")),
+            ("HERALD_NODE_ID", "ops-ready".to_owned()),
+        ],
+    );
+    node.wait_ready().await;
+    assert_eq!(
+        http(node.addr, "GET", "/healthz", &[], "").await.status,
+        200
+    );
+
+    redis.stop();
+    let mut down = (0, Value::Null);
+    for _ in 0..100 {
+        down = readyz(node.addr).await;
+        if down.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(down.0, 503, "{}", down.1);
+    assert_eq!(down.1["failing"], serde_json::json!(["redis"]));
+    // Liveness is not readiness: the process itself is fine.
+    assert_eq!(
+        http(node.addr, "GET", "/healthz", &[], "").await.status,
+        200
+    );
+
+    let _redis = PrivateRedis::start_on(port, dir);
+    let mut up = (0, Value::Null);
+    for _ in 0..200 {
+        up = readyz(node.addr).await;
+        if up.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(up.0, 200, "{}", up.1);
+}
+
+#[tokio::test]
+async fn logs_are_json_lines_with_node_event_and_key_ids_and_never_a_raw_key() {
+    let (mut env, ns) = real_env("ops-logs").await;
+    env.push(("HERALD_LOG_FORMAT", "json".to_owned()));
+    env.push(("RUST_LOG", "debug,lapin=warn".to_owned()));
+    let node = Herald::start(&["standalone"], &env);
+    node.wait_ready().await;
+    let key = node.create_key(9, "100").await;
+    let unknown = format!("condt_{}", "7".repeat(32));
+    // The raw key in every place a client may put it, and an unknown one.
+    let mut a = SignalR::connect(&format!("ws://{}/hubs/spend?access_token={key}", node.addr))
+        .await
+        .unwrap();
+    let status = upgrade_status(&format!("ws://{}/hubs/spend?api_key={unknown}", node.addr)).await;
+    assert_eq!(status, 401);
+    let neg = http(
+        node.addr,
+        "POST",
+        "/hubs/spend/negotiate?negotiateVersion=1",
+        &[("X-API-Key", &key)],
+        "",
+    )
+    .await;
+    assert_eq!(neg.status, 200, "{}", neg.body);
+    publish_mt(
+        &format!("{ns}:SpendUpdated"),
+        &masstransit_spend("log-1", 9, "1", "1"),
+        &[],
+    )
+    .await;
+    a.next_invocation(WAIT).await.expect("SpendUpdate");
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let lines = node.stop();
+    assert!(lines.len() > 5, "debug logging wrote lines: {lines:?}");
+    let mut objects = Vec::new();
+    for line in &lines {
+        assert!(!line.contains(&key), "raw key logged: {line}");
+        assert!(!line.contains(&unknown), "raw key logged: {line}");
+        assert!(!line.contains(&key[6..]), "raw key body logged: {line}");
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert_eq!(v["node"], "ops-logs", "{line}");
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        objects.push(v);
+    }
+    assert!(
+        objects
+            .iter()
+            .any(|v| v["event_id"] == "log-1" && v["key_id"] == 9),
+        "a line names the event and its key: {lines:?}"
+    );
+    assert!(
+        objects
+            .iter()
+            .any(|v| v["message"] == "connected" && v["key_id"] == 9),
+        "connections are logged by key id: {lines:?}"
+    );
+}
+
+/// A minimal OTLP/HTTP receiver: stores every JSON body POSTed to it.
+async fn otlp_receiver() -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let store = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let body = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())
+                                    .flatten()
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            assert!(head.starts_with("POST /v1/traces "), "{head}");
+                            break body.to_owned();
+                        }
+                    }
+                };
+                if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                    store.lock().unwrap().push(v);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    .await;
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+/// (trace id, span name, node, parent span id, span id) of every received span.
+fn spans(bodies: &[Value]) -> Vec<(String, String, String, String, String)> {
+    let mut out = Vec::new();
+    for b in bodies {
+        for rs in b["resourceSpans"].as_array().into_iter().flatten() {
+            let node = rs["resource"]["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["key"] == "service.instance.id")
+                .map(|a| a["value"]["stringValue"].as_str().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for s in ss["spans"].as_array().into_iter().flatten() {
+                    let text = |k: &str| s[k].as_str().unwrap_or("").to_owned();
+                    out.push((
+                        text("traceId"),
+                        text("name"),
+                        node.clone(),
+                        text("parentSpanId"),
+                        text("spanId"),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn consume_publish_and_deliver_spans_share_one_trace_across_two_processes() {
+    let (receiver, bodies) = otlp_receiver().await;
+    let (env, ns) = real_env("ops-consumer").await;
+    let otlp = format!("http://{receiver}");
+    let mut consumer_env = env.clone();
+    consumer_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()));
+    let mut gateway_env: Vec<(&str, String)> = env
+        .into_iter()
+        .filter(|(k, _)| *k != "HERALD_NODE_ID" && *k != "HERALD_MIGRATE")
+        .collect();
+    gateway_env.push(("HERALD_NODE_ID", "ops-gateway".to_owned()));
+    gateway_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));
+    let consumer = Herald::start(&["consume"], &consumer_env);
+    consumer.wait_ready().await;
+    let gateway = Herald::start(&["serve"], &gateway_env);
+    gateway.wait_ready().await;
+    let key = gateway.create_key(11, "100").await;
+    let mut client = SignalR::connect(&format!(
+        "ws://{}/hubs/spend?access_token={key}",
+        gateway.addr
+    ))
+    .await
+    .unwrap();
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    publish_mt(
+        &format!("{ns}:SpendUpdated"),
+        &masstransit_spend("trace-1", 11, "1", "1"),
+        &[("traceparent", &format!("00-{trace}-{parent}-01"))],
+    )
+    .await;
+    let (name, _) = client.next_invocation(WAIT).await.expect("SpendUpdate");
+    assert_eq!(name, "SpendUpdate");
+
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        found = spans(&bodies.lock().unwrap())
+            .into_iter()
+            .filter(|s| s.0 == trace)
+            .collect();
+        let names: Vec<&str> = found.iter().map(|s| s.1.as_str()).collect();
+        if ["herald.consume", "herald.publish", "herald.deliver"]
+            .iter()
+            .all(|n| names.contains(n))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let by_name: HashMap<&str, &(String, String, String, String, String)> =
+        found.iter().map(|s| (s.1.as_str(), s)).collect();
+    let consume = by_name.get("herald.consume").expect("consume span");
+    let publish = by_name.get("herald.publish").expect("publish span");
+    let deliver = by_name.get("herald.deliver").expect("deliver span");
+    assert_eq!(consume.2, "ops-consumer");
+    assert_eq!(publish.2, "ops-consumer");
+    assert_eq!(deliver.2, "ops-gateway", "delivered by the other process");
+    assert_eq!(
+        consume.3, parent,
+        "consume continues the bus message's trace"
+    );
+    assert_eq!(publish.3, consume.4, "publish is a child of consume");
+    assert_eq!(deliver.3, consume.4, "deliver is a child of consume");
+}
