@@ -619,3 +619,70 @@ async fn consume_publish_and_deliver_spans_share_one_trace_across_two_processes(
     assert_eq!(publish.3, consume.4, "publish is a child of consume");
     assert_eq!(deliver.3, consume.4, "deliver is a child of consume");
 }
+
+/// Names `herald_*` metrics mentioned in `text`, without histogram suffixes.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("herald_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        out.insert(base.to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn the_dashboard_and_the_docs_name_only_metrics_herald_exports() {
+    let exported: std::collections::BTreeSet<String> = herald_telemetry::metrics()
+        .render("n", "r")
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    assert!(exported.len() >= 15, "{exported:?}");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard = std::fs::read_to_string(format!(
+        "{root}/deploy/compose/grafana/dashboards/herald.json"
+    ))
+    .unwrap();
+    let v: Value = serde_json::from_str(&dashboard).unwrap();
+    let exprs: Vec<String> = v["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    let used = metric_names(&exprs.join("\n"));
+    let docs = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
+    // The metrics section (elsewhere `herald_*` names crates, e.g. in RUST_LOG examples).
+    let section = docs
+        .split_once("**`GET /metrics`**")
+        .and_then(|(_, rest)| rest.split_once("### Traces"))
+        .map(|(metrics, _)| metrics)
+        .expect("docs/operations.md has the metrics section");
+    let documented = metric_names(section);
+    for name in used.iter().chain(&documented) {
+        assert!(exported.contains(name), "{name} is not exported");
+    }
+    // And every exported metric is on the dashboard and in the docs.
+    for name in &exported {
+        if name != "herald_build_info" {
+            assert!(used.contains(name), "{name} is missing from the dashboard");
+        }
+        assert!(
+            documented.contains(name),
+            "{name} is missing from docs/operations.md"
+        );
+    }
+}
