@@ -74,6 +74,11 @@ pub trait Backplane: Send + Sync + 'static {
         limit: usize,
     ) -> Result<History, BackplaneError>;
 
+    /// The position of the newest event of `audience` (`Position::ZERO` when it has none).
+    /// A connection reads it before subscribing, so its cursor names every audience it listens
+    /// to from the start, including those it has not received anything from yet.
+    async fn position(&self, audience: Audience) -> Result<Position, BackplaneError>;
+
     /// Ok while the backplane is reachable.
     async fn ping(&self) -> Result<(), BackplaneError>;
 

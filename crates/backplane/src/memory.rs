@@ -113,6 +113,11 @@ impl Backplane for MemoryBackplane {
         Ok(History { events, gap })
     }
 
+    async fn position(&self, audience: Audience) -> Result<Position, BackplaneError> {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(streams.get(&audience).map_or(Position::ZERO, |s| s.last))
+    }
+
     async fn ping(&self) -> Result<(), BackplaneError> {
         Ok(())
     }

@@ -456,6 +456,10 @@ impl Backplane for RedisBackplane {
         self.read_history(audience, after, limit).await
     }
 
+    async fn position(&self, audience: Audience) -> Result<Position, BackplaneError> {
+        self.last_position(audience).await
+    }
+
     async fn ping(&self) -> Result<(), BackplaneError> {
         let mut conn = self.conn().await?;
         let _: String = conn.ping().await.map_err(unavailable)?;

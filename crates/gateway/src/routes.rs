@@ -174,6 +174,18 @@ async fn connect(
     };
     // Subscribed before the upgrade completes, hence before the handshake response: an event
     // published after the client's start() resolves is delivered.
+    // Each audience's newest position before subscribing: everything after it reaches this
+    // connection (live, or by replay), and its cursors name every audience from the start.
+    let mut floors = Cursor::default();
+    for audience in hub.audiences_for(&principal) {
+        match gw.backplane.position(audience).await {
+            Ok(p) => floors.set(audience, p),
+            Err(e) => {
+                tracing::warn!(error = %e, %audience, "backplane position read failed");
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable");
+            }
+        }
+    }
     let (mailbox, receiver) = Mailbox::new(gw.config.outbound_queue_bytes);
     let mut subscriptions = Vec::new();
     for audience in hub.audiences_for(&principal) {
@@ -198,6 +210,7 @@ async fn connect(
         subscriptions,
         receiver,
         resume: cursor,
+        floors,
     };
     upgrade
         .read_buffer_size(SOCKET_BUFFER)

@@ -7,7 +7,7 @@ use crate::cursor::Cursor;
 use crate::hubs::{Hub, HubMethod};
 use crate::protocol::{self, ClientMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use herald_backplane::{Delivery, MailboxReceiver, Received, Subscription};
+use herald_backplane::{Delivery, MailboxReceiver, Position, Received, Subscription};
 use herald_domain::{Audience, KeyHash, KeyId};
 use herald_telemetry::metrics;
 use herald_telemetry::metrics::{Counter, Gauge};
@@ -32,6 +32,9 @@ pub(crate) struct Setup {
     pub receiver: MailboxReceiver,
     /// `?cursor=` of the connect request.
     pub resume: Option<Cursor>,
+    /// Each audience's newest position, read before subscribing: this connection receives
+    /// everything after it live (or by replay).
+    pub floors: Cursor,
 }
 
 /// The session is over (socket gone or closed by us).
@@ -56,8 +59,12 @@ struct Session {
     connection_id: String,
     /// The audiences this connection listens to; nothing else is ever delivered.
     audiences: Vec<Audience>,
-    /// Last position delivered (or skipped as already seen) per audience.
+    /// Last position delivered (or skipped as already seen) per audience. Starts at the floors,
+    /// so every cursor handed out names every audience of the connection.
     delivered: Cursor,
+    /// Per audience, the position after which this connection has had everything up to
+    /// `delivered`: its floor at connect, lowered when a Resume replays older events.
+    floors: Cursor,
     receiver: MailboxReceiver,
     _subscriptions: Vec<Subscription>,
     /// An incomplete record carried over to the next frame.
@@ -164,7 +171,8 @@ pub(crate) async fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) {
         hub: setup.hub,
         connection_id: setup.connection_id,
         audiences,
-        delivered: Cursor::default(),
+        delivered: setup.floors.clone(),
+        floors: setup.floors,
         receiver: setup.receiver,
         _subscriptions: setup.subscriptions,
         inbuf: Vec::new(),
@@ -191,6 +199,16 @@ impl Session {
         self.handshake().await?;
         let _live = Live::open(self.hub.name);
         if let Some(cursor) = resume {
+            // Nothing was delivered yet: start each resumed audience at the cursor, so the
+            // replay runs in stream order with a cursor that moves along with it.
+            for &a in &self.audiences {
+                if let Some(requested) = cursor.get(a)
+                    && self.floors.get(a).is_none_or(|f| requested < f)
+                {
+                    self.delivered.set(a, requested);
+                    self.floors.set(a, requested);
+                }
+            }
             match self.replay(&cursor).await {
                 Ok(_) => {}
                 Err(ReplayError::Stop) => return Err(Stop),
@@ -542,6 +560,12 @@ impl Session {
             return false;
         }
         self.delivered.set(d.audience, d.position);
+        self.write(d, buf)
+    }
+
+    /// Appends the record for `d` (already known to be undelivered) to `buf` if the hub and the
+    /// connection's filters forward it.
+    fn write(&mut self, d: &Delivery, buf: &mut String) -> bool {
         if let Some((own, _)) = &self.own_key
             && d.audience == Audience::Key(*own)
             && KEY_CHANGES
@@ -631,60 +655,142 @@ impl Session {
             .await
     }
 
-    /// Replays, per audience named in `from`, what follows both `from` and what this connection
-    /// already delivered, in stream order; returns the number of events sent.
+    /// Replays, per audience named in `from`, every event after `from` this connection has
+    /// not delivered, in stream order within each part: first those between `from` and the
+    /// connection's floor (older than anything it sent live), then those after what it
+    /// delivered that have not arrived live yet. Returns the number of events sent.
     async fn replay(&mut self, from: &Cursor) -> Result<usize, ReplayError> {
-        let page = self.gw.config.history_page;
         let mut sent = 0;
         for i in 0..self.audiences.len() {
             let audience = self.audiences[i];
             let Some(requested) = from.get(audience) else {
                 continue;
             };
+            let floor = self.floors.get(audience);
+            let mut noted = false;
+            if let Some(floor) = floor
+                && requested < floor
+            {
+                // Events the connection never had: published before it connected.
+                let (n, _) = self.replay_range(audience, requested, Some(floor)).await?;
+                sent += n;
+                noted = true;
+                self.floors.set(audience, requested);
+            }
             let start = match self.delivered.get(audience) {
                 Some(last) if last > requested => last,
                 _ => requested,
             };
             // Live events up to here are already with the client: skip them when they arrive.
             self.delivered.set(audience, start);
-            let mut after = start;
-            let mut first = true;
-            loop {
-                let history = self
-                    .gw
-                    .backplane
-                    .history(audience, Some(after), page)
-                    .await
-                    .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
-                let mut buf = String::new();
-                if first {
-                    let outcome = if history.gap { "gap" } else { "replayed" };
-                    metrics().resumes.with(outcome).inc();
+            sent += self.replay_after_delivered(audience, start, !noted).await?;
+        }
+        Ok(sent)
+    }
+
+    /// Sends the history of `audience` in `(after, until]` without moving `delivered` (these
+    /// events are older than what the connection already sent). Returns (sent, gap reported).
+    async fn replay_range(
+        &mut self,
+        audience: Audience,
+        after: Position,
+        until: Option<Position>,
+    ) -> Result<(usize, bool), ReplayError> {
+        let page = self.gw.config.history_page;
+        let mut after = after;
+        let mut first = true;
+        let mut sent = 0;
+        let mut gap_reported = false;
+        loop {
+            let history = self
+                .gw
+                .backplane
+                .history(audience, Some(after), page)
+                .await
+                .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+            let mut buf = String::new();
+            if first {
+                gap_reported = self.note_resume(audience, history.gap, &mut buf);
+            }
+            first = false;
+            let mut done = history.events.len() < page;
+            for d in &history.events {
+                if until.is_some_and(|u| d.position > u) {
+                    done = true;
+                    break;
                 }
-                if first && history.gap {
-                    let payload = format!("{{\"audience\":\"{audience}\"}}");
-                    let cursor = self.delivered.encode();
-                    protocol::push_invocation(&mut buf, "ResumeGap", &payload, Some(&cursor));
+                if self.audiences.contains(&d.audience) && self.write(d, &mut buf) {
+                    sent += 1;
                 }
-                first = false;
-                for d in &history.events {
-                    if self.render(d, &mut buf) {
-                        sent += 1;
-                    }
-                    if buf.len() >= FRAME_TARGET {
-                        self.send(std::mem::take(&mut buf)).await?;
-                    }
+                if buf.len() >= FRAME_TARGET {
+                    self.send(std::mem::take(&mut buf)).await?;
                 }
-                if !buf.is_empty() {
-                    self.send(buf).await?;
+            }
+            if !buf.is_empty() {
+                self.send(buf).await?;
+            }
+            match history.events.last() {
+                Some(d) if !done => after = d.position,
+                _ => break,
+            }
+        }
+        Ok((sent, gap_reported))
+    }
+
+    /// Sends what follows `start` (= `delivered`) and moves `delivered` along; `note`: count
+    /// the resume (and report a gap) here.
+    async fn replay_after_delivered(
+        &mut self,
+        audience: Audience,
+        start: Position,
+        note: bool,
+    ) -> Result<usize, ReplayError> {
+        let page = self.gw.config.history_page;
+        let mut after = start;
+        let mut first = note;
+        let mut sent = 0;
+        loop {
+            let history = self
+                .gw
+                .backplane
+                .history(audience, Some(after), page)
+                .await
+                .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+            let mut buf = String::new();
+            if first {
+                self.note_resume(audience, history.gap, &mut buf);
+            }
+            first = false;
+            for d in &history.events {
+                if self.render(d, &mut buf) {
+                    sent += 1;
                 }
-                match history.events.last() {
-                    Some(d) if history.events.len() >= page => after = d.position,
-                    _ => break,
+                if buf.len() >= FRAME_TARGET {
+                    self.send(std::mem::take(&mut buf)).await?;
                 }
+            }
+            if !buf.is_empty() {
+                self.send(buf).await?;
+            }
+            match history.events.last() {
+                Some(d) if history.events.len() >= page => after = d.position,
+                _ => break,
             }
         }
         Ok(sent)
+    }
+
+    /// Counts a resume and, when history no longer reaches back to the cursor, puts a
+    /// `ResumeGap` record in `buf`. Returns whether it did.
+    fn note_resume(&mut self, audience: Audience, gap: bool, buf: &mut String) -> bool {
+        let outcome = if gap { "gap" } else { "replayed" };
+        metrics().resumes.with(outcome).inc();
+        if gap {
+            let payload = format!("{{\"audience\":\"{audience}\"}}");
+            let cursor = self.delivered.encode();
+            protocol::push_invocation(buf, "ResumeGap", &payload, Some(&cursor));
+        }
+        gap
     }
 
     async fn send(&mut self, text: String) -> Step {

@@ -838,6 +838,80 @@ async fn resume_on_an_open_connection_replays_only_what_it_has_not_delivered() {
 }
 
 #[tokio::test]
+async fn a_resume_after_live_events_arrived_still_replays_what_was_missed_before_them() {
+    let env = Env::new().await;
+    let (addr, _gw) = env.node(config()).await;
+    let path = format!("/hubs/spend?access_token={KEY_A}");
+    let mut a = connect(addr, &path).await;
+    env.publish(1, "e-1").await;
+    let c1 = events(&mut a, 1).await[0]["arguments"][0]["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(a);
+    env.publish(1, "e-2").await;
+    env.publish(1, "e-3").await;
+    // The stock client's automatic reconnect: a fresh connection, which receives live events
+    // before the application gets to call Resume from onreconnected.
+    let mut b = connect(addr, &path).await;
+    env.publish(1, "e-4").await;
+    assert_eq!(event_ids(&events(&mut b, 1).await), ["e-4"]);
+    let resume = |id: &str| {
+        format!(
+            "{{\"type\":1,\"invocationId\":\"{id}\",\"target\":\"Resume\",\"arguments\":[\"{c1}\"]}}\u{1e}"
+        )
+    };
+    b.send(&resume("1")).await;
+    // Live events stay ahead of the replay (DESIGN §7); each event exactly once.
+    assert_eq!(event_ids(&events(&mut b, 2).await), ["e-2", "e-3"]);
+    assert_eq!(
+        b.next_non_ping().await.unwrap(),
+        serde_json::json!({"type":3,"invocationId":"1","result":{"replayed":2}})
+    );
+    b.send(&resume("2")).await;
+    assert_eq!(
+        b.next_non_ping().await.unwrap(),
+        serde_json::json!({"type":3,"invocationId":"2","result":{"replayed":0}})
+    );
+    env.publish(1, "e-5").await;
+    assert_eq!(event_ids(&events(&mut b, 1).await), ["e-5"]);
+}
+
+#[tokio::test]
+async fn a_cursor_names_every_audience_even_one_nothing_came_from_yet() {
+    let env = Env::new().await;
+    let (addr, _gw) = env.node(config()).await;
+    let path = format!("/hubs/events?access_token={KEY_A}");
+    let mut c = connect(addr, &path).await;
+    env.publish(1, "k-1").await;
+    let c1 = events(&mut c, 1).await[0]["arguments"][0]["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let decoded = Cursor::decode(&c1).unwrap();
+    assert!(decoded.get(Audience::Global).is_some(), "{decoded:?}");
+    drop(c);
+    // While away: the first global event this client would ever see, and one of its key.
+    let global = OutboundEvent {
+        event_id: EventId::parse("g-1").unwrap(),
+        name: "ProviderHealthChanged".into(),
+        key_id: None,
+        timestamp: chrono::Utc::now(),
+        traceparent: None,
+        payload: serde_json::value::RawValue::from_string(r#"{"eventId":"g-1"}"#.into()).unwrap(),
+    };
+    env.backplane
+        .publish(&[Audience::Global, Audience::Admin], &global)
+        .await
+        .unwrap();
+    env.publish(1, "k-2").await;
+    let mut c = connect(addr, &format!("{path}&cursor={c1}")).await;
+    let mut got = event_ids(&events(&mut c, 2).await);
+    got.sort();
+    assert_eq!(got, ["g-1", "k-2"]);
+}
+
+#[tokio::test]
 async fn a_bad_cursor_at_connect_is_a_400() {
     let env = Env::new().await;
     let (addr, _gw) = env.node(config()).await;
