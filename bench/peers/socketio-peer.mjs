@@ -5,7 +5,10 @@
 // `io.to(keyId).emit("SpendUpdate", object)`, which the adapter also publishes for other nodes.
 //
 // Env: PEER_LISTEN (default 127.0.0.1:9200), REDIS_URL (default redis://127.0.0.1:6379),
-//      PEER_PREFIX (default peer). Prints `listening on http://host:port` when ready.
+//      PEER_PREFIX (default peer), PEER_EMIT (adapter: io.to(room).emit through the adapter, the
+//      default; local: io.local.to(room).emit, for several peers that each read the feed, as
+//      Herald's nodes do, where adapter broadcasts would deliver every event once per node).
+// Prints `listening on http://host:port` when ready.
 import { createServer } from "node:http";
 import { Server } from "socket.io";
 import { createAdapter } from "@socket.io/redis-adapter";
@@ -18,6 +21,10 @@ const prefix = process.env.PEER_PREFIX ?? "peer";
 const pubClient = createClient({ url });
 const subClient = pubClient.duplicate();
 const feed = pubClient.duplicate();
+for (const c of [pubClient, subClient, feed]) {
+  // node-redis reconnects by itself; without a handler a dropped connection kills the process.
+  c.on("error", (e) => console.error(`redis: ${e.message}`));
+}
 await Promise.all([pubClient.connect(), subClient.connect(), feed.connect()]);
 
 const httpServer = createServer();
@@ -32,9 +39,10 @@ io.on("connection", (socket) => {
   if (typeof key === "string" && key.length > 0) socket.join(key);
 });
 
+const target = process.env.PEER_EMIT === "local" ? io.local : io;
 await feed.pSubscribe(`${prefix}:*`, (message, channel) => {
   const room = channel.slice(prefix.length + 1);
-  io.to(room).emit("SpendUpdate", JSON.parse(message));
+  target.to(room).emit("SpendUpdate", JSON.parse(message));
 });
 
 httpServer.listen(Number(port), host, () => {

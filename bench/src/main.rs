@@ -337,25 +337,54 @@ async fn run(args: Args) -> Result<bool, Error> {
     }
     let mut killed_at: Option<Instant> = None;
     let mut recovered_at: Option<Instant> = None;
+    let mut resumed_at: Option<Instant> = None;
+    // Events per key published before the kill: a connection has resumed once it has them all.
+    let mut before_kill: Vec<u64> = Vec::new();
     let mut kill_pending = args.kill_pid;
+    let watch_kill = |shared: &Shared,
+                      killed_at: Option<Instant>,
+                      recovered_at: &mut Option<Instant>,
+                      resumed_at: &mut Option<Instant>,
+                      before_kill: &[u64]| {
+        if killed_at.is_none() || resumed_at.is_some() {
+            return;
+        }
+        if recovered_at.is_none() && shared.connected.load(Ordering::Relaxed) >= connected {
+            *recovered_at = Some(Instant::now());
+        }
+        if recovered_at.is_some()
+            && shared.tracks.iter().enumerate().all(|(i, t)| {
+                let t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                !t.connected || t.unique() >= before_kill[i % before_kill.len()]
+            })
+        {
+            *resumed_at = Some(Instant::now());
+        }
+    };
     while handles.iter().any(|h| !h.is_finished()) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if let Some(pid) = kill_pending
             && pub_start.elapsed() >= secs(args.kill_after)
         {
+            before_kill = published
+                .iter()
+                .map(|p| p.load(Ordering::Relaxed))
+                .collect();
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .status();
             killed_at = Some(Instant::now());
             kill_pending = None;
+            // Let the clients notice before "everyone is connected" can be true again.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if killed_at.is_some()
-            && recovered_at.is_none()
-            && shared.disconnects.load(Ordering::Relaxed) > 0
-            && shared.connected.load(Ordering::Relaxed) >= connected
-        {
-            recovered_at = Some(Instant::now());
-        }
+        watch_kill(
+            &shared,
+            killed_at,
+            &mut recovered_at,
+            &mut resumed_at,
+            &before_kill,
+        );
     }
     let publish_secs = pub_start.elapsed().as_secs_f64();
     let total_published: u64 = published.iter().map(|p| p.load(Ordering::Relaxed)).sum();
@@ -387,12 +416,13 @@ async fn run(args: Args) -> Result<bool, Error> {
         if unique >= expected || Instant::now() >= drain_deadline {
             break;
         }
-        if killed_at.is_some()
-            && recovered_at.is_none()
-            && shared.connected.load(Ordering::Relaxed) >= connected
-        {
-            recovered_at = Some(Instant::now());
-        }
+        watch_kill(
+            &shared,
+            killed_at,
+            &mut recovered_at,
+            &mut resumed_at,
+            &before_kill,
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = shared.deliveries.load(Ordering::Relaxed);
         if now != last {
@@ -402,7 +432,6 @@ async fn run(args: Args) -> Result<bool, Error> {
             break;
         }
     }
-    let caught_up_at = Instant::now();
     let cpu_after = procfs::cpu_ticks(&pids);
     let self_cpu_after = procfs::self_cpu_ticks();
     let rss_after = procfs::rss_kib(&pids);
@@ -472,7 +501,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         "reconnects": shared.connects.load(Ordering::Relaxed).saturating_sub(connected as u64),
         "killed": killed_at.is_some(),
         "recovered_s": killed_at.map(|k| recovered_at.map(|r| round3((r - k).as_secs_f64()))),
-        "caught_up_s": killed_at.map(|k| (lost == 0).then(|| round3((caught_up_at - k).as_secs_f64()))),
+        "resumed_s": killed_at.map(|k| resumed_at.map(|r| round3((r - k).as_secs_f64()))),
         "wall_s": round3(started.elapsed().as_secs_f64()),
     });
     println!("{line}");
