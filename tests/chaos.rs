@@ -1,0 +1,1326 @@
+//! Chaos test (issue 4, item 8; DESIGN §7): two `herald serve` gateway nodes behind haproxy, two
+//! `herald consume` consumers on one queue, one client per key reconnecting with its cursor, and
+//! a publisher sending SpendUpdated at a steady rate, while the test kills -9 a gateway node (and
+//! starts it again on the same port), restarts Redis (which here keeps nothing on disk: a wipe),
+//! restarts RabbitMQ (stop_app/start_app) and kills -9 and restarts a consumer. At the end every
+//! client must hold every event of its key exactly once, in history-stream order, and every
+//! budget alert must have fired exactly once. docs/reliability.md explains the figures printed.
+//!
+//! Ignored by default (it restarts the shared Redis and RabbitMQ); the test command runs it alone:
+//!
+//!     cargo test --locked --test chaos -- --ignored --nocapture
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use herald_domain::{Audience, KeyId};
+use herald_gateway::cursor::Cursor;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Keys, one client each.
+const KEYS: i64 = 50;
+/// SpendUpdated messages per key. Each adds `STEP` to the key's total against a budget of
+/// `BUDGET`, so the totals run 2, 4, … 110 and every threshold (50, 75, 90, 100) is crossed by a
+/// message of its own: 50 by total 50, 75 by 76, 90 by 90, 100 by 100.
+const MESSAGES_PER_KEY: u32 = 55;
+const STEP: u32 = 2;
+const BUDGET: u32 = 100;
+const THRESHOLDS: [u32; 4] = [50, 75, 90, 100];
+/// Clients (keys 1..=N) kept offline from 2 s before the Redis wipe to 2 s after it.
+const OFFLINE_ACROSS_WIPE: i64 = 5;
+/// Publish rate (messages per second) of the steady phase.
+const RATE: f64 = 70.0;
+/// Bounds that turn a hang into a failure; nothing is measured against them.
+const SETUP_DEADLINE: Duration = Duration::from_secs(60);
+const PUBLISH_DEADLINE: Duration = Duration::from_secs(150);
+const DELIVERY_DEADLINE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A process this test started; killed (SIGKILL) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// `herald <role>` with `env` (every inherited HERALD_* variable removed); waits for the
+    /// `listening on` line. stderr (logs) goes to `<logs>/<name>.log` (appended across restarts).
+    fn herald(name: &str, role: &str, env: &[(&str, String)], logs: &Path) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("{name}.log")))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HERALD_") || k.starts_with("OTEL_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg(role)
+            .env("HERALD_MASTER_KEY", MASTER_KEY)
+            .env("HERALD_NODE_ID", name)
+            .env("HERALD_LOG_FORMAT", "text")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                panic!("{name}: herald exited before printing `listening on` (see {logs:?})");
+            };
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                break a.parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Proc {
+            name: name.to_owned(),
+            child,
+            addr,
+        }
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        println!("[chaos] kill -9 {} ({})", self.name, self.addr);
+    }
+}
+
+async fn wait_ready(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + SETUP_DEADLINE;
+    loop {
+        let status = tokio::time::timeout(Duration::from_secs(2), async {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => http(addr, "GET", "/readyz", &[], "").await.status,
+                Err(_) => 0,
+            }
+        })
+        .await
+        .unwrap_or(0);
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// haproxy in the foreground with deploy/haproxy/haproxy.cfg rendered for our nodes (as
+/// tests/js/helpers.mjs does): its `bind` on a free loopback port, its `server` lines replaced.
+fn start_haproxy(servers: &[SocketAddr], logs: &Path) -> (Proc, SocketAddr) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let template = std::fs::read_to_string(root.join("deploy/haproxy/haproxy.cfg")).unwrap();
+    let port = free_port();
+    let mut cfg = String::new();
+    for line in template.lines() {
+        let t = line.trim_start();
+        if t.starts_with("bind ") {
+            cfg.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+        } else if t.starts_with("server ") {
+            continue;
+        } else {
+            cfg.push_str(line);
+            cfg.push('\n');
+            if line.starts_with("backend gateways") {
+                for (i, s) in servers.iter().enumerate() {
+                    cfg.push_str(&format!("    server node{i} {s} check inter 500ms\n"));
+                }
+            }
+        }
+    }
+    let file = logs.join("haproxy.cfg");
+    std::fs::write(&file, cfg).unwrap();
+    let check = Command::new("haproxy")
+        .args(["-c", "-q", "-f"])
+        .arg(&file)
+        .output()
+        .expect("haproxy is installed");
+    assert!(
+        check.status.success(),
+        "haproxy -c rejected {file:?}: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let log = std::fs::File::create(logs.join("haproxy.log")).unwrap();
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    (
+        Proc {
+            name: "haproxy".into(),
+            child,
+            addr,
+        },
+        addr,
+    )
+}
+
+/// `scripts/services` (re-checks and starts PostgreSQL, Redis, RabbitMQ) when dropped, so a
+/// failing run never leaves the machine without them.
+struct Services;
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "start_app"])
+            .stdout(Stdio::null())
+            .status();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let _ = Command::new(root.join("scripts/services")).status();
+    }
+}
+
+/// Runs a shell command to completion (for the service restarts); panics when it fails.
+fn sh(script: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn sh_async(script: &'static str) {
+    tokio::task::spawn_blocking(move || sh(script))
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publisher
+
+/// One planned SpendUpdated.
+struct Planned {
+    key: i64,
+    id: String,
+}
+
+/// A MassTransit SpendUpdated envelope with the real send time (the budget engine compares source
+/// times: a later event with a lower total would re-arm a threshold, an earlier one must not).
+fn spend_envelope(id: &str, key: i64, amount: u32, total: u32) -> Vec<u8> {
+    let sent = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    format!(
+        r#"{{"messageId":"{id}","conversationId":"c-{id}","sourceAddress":"rabbitmq://localhost/chaos","destinationAddress":"rabbitmq://localhost/ConduitLLM.Core.Events:SpendUpdated","messageType":["urn:message:ConduitLLM.Core.Events:SpendUpdated"],"message":{{"KeyId":{key},"Amount":{amount},"NewTotalSpend":{total},"RequestId":"req-{id}","Model":"gpt-4o","Provider":"openai"}},"sentTime":"{sent}","headers":{{}}}}"#
+    ).into_bytes()
+}
+
+#[derive(Default)]
+struct PublishStats {
+    /// basic.publish calls, including the ones repeated.
+    attempts: usize,
+    /// basic.publish calls that got no confirmation (the message is published again).
+    unconfirmed: usize,
+    /// Connections to RabbitMQ that failed or were lost.
+    connection_failures: usize,
+}
+
+/// Publishes with publisher confirms, one message at a time: a message counts as sent only when
+/// the broker confirmed it (mandatory, so an unroutable message is not a confirmation). On any
+/// error it reconnects with backoff and publishes the same message (same messageId) again.
+struct Publisher {
+    exchange: String,
+    channel: Option<(Connection, lapin::Channel)>,
+    stats: PublishStats,
+}
+
+impl Publisher {
+    async fn channel(&mut self) -> Result<lapin::Channel, String> {
+        if let Some((_, ch)) = &self.channel
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        if let Some((conn, _)) = self.channel.take() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), conn.close(200, "retry".into())).await;
+        }
+        let open = async {
+            let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            ch.exchange_declare(
+                self.exchange.as_str().into(),
+                lapin::ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>((conn, ch))
+        };
+        let (conn, ch) = tokio::time::timeout(Duration::from_secs(10), open)
+            .await
+            .map_err(|_| "connect timed out".to_owned())??;
+        self.channel = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    async fn try_publish(&mut self, body: &[u8]) -> Result<(), String> {
+        let ch = match self.channel().await {
+            Ok(ch) => ch,
+            Err(e) => {
+                self.stats.connection_failures += 1;
+                return Err(e);
+            }
+        };
+        self.stats.attempts += 1;
+        let confirm = async {
+            let c = ch
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    "".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    body,
+                    BasicProperties::default()
+                        .with_content_type("application/vnd.masstransit+json".into())
+                        .with_delivery_mode(2),
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            match c {
+                lapin::Confirmation::Ack(None) => Ok(()),
+                other => Err(format!("not confirmed: {other:?}")),
+            }
+        };
+        let result = match tokio::time::timeout(Duration::from_secs(10), confirm).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("confirm timed out".into()),
+        };
+        if result.is_err() {
+            self.stats.unconfirmed += 1;
+        }
+        result
+    }
+
+    /// Publishes until confirmed (or `deadline`).
+    async fn publish(&mut self, body: &[u8], deadline: Instant) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.try_publish(body).await {
+                Ok(()) => return,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "publisher: no confirmation before the deadline: {e}"
+                    );
+                    if self.channel.take().is_some() {
+                        println!("[chaos] publisher: {e}; reconnecting");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// What one client received, in arrival order.
+#[derive(Default)]
+struct ClientLog {
+    events: Vec<Received>,
+    /// `ResumeGap` records: (index into `events` at which it arrived, when).
+    gaps: Vec<(usize, Instant)>,
+    cursor: Option<String>,
+    /// Connections opened (handshake done).
+    connections: usize,
+    /// Connections opened after the first one.
+    reconnects: usize,
+    /// Connect attempts refused (503 while no node was ready, connection refused, timeouts).
+    refused: usize,
+    /// Protocol anomalies (undecodable record, event without cursor or eventId, ...).
+    anomalies: Vec<String>,
+}
+
+struct Received {
+    target: String,
+    event_id: String,
+    /// Position in the key's history stream, decoded from the cursor.
+    position: (u64, u64),
+    total: Option<String>,
+    at: Instant,
+}
+
+fn position_of(cursor: &str, key: i64) -> Option<(u64, u64)> {
+    let c = Cursor::decode(cursor).ok()?;
+    let p = c.get(Audience::Key(KeyId::new(key).ok()?))?;
+    Some((p.ms, p.seq))
+}
+
+enum Ended {
+    Stop,
+    Dropped(String),
+}
+
+/// One client of key `key`: connects through haproxy, records every invocation, and when its
+/// connection ends reconnects with `?cursor=<last cursor>` (backoff with jitter, 503s retried),
+/// until `stop`. With `once`, it returns after the first connection ends or `stop`.
+async fn client(
+    front: SocketAddr,
+    key: i64,
+    raw_key: String,
+    log: Arc<Mutex<ClientLog>>,
+    stop: Arc<AtomicBool>,
+    offline: Arc<AtomicBool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    while !stop.load(Ordering::SeqCst) {
+        if offline.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let cursor = log.lock().unwrap().cursor.clone();
+        let mut url = format!("ws://{front}/hubs/spend?access_token={raw_key}");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        match session(&url, key, &log, &stop, &offline, connected_before).await {
+            Ok(Ended::Stop) => return,
+            Ok(Ended::Dropped(_why)) => {
+                connected_before = true;
+                backoff = Duration::from_millis(100);
+            }
+            Err(_) => {
+                log.lock().unwrap().refused += 1;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+        let jitter = rand::random_range(0..=backoff.as_millis() as u64);
+        tokio::time::sleep(backoff / 2 + Duration::from_millis(jitter / 2)).await;
+    }
+}
+
+/// One connection: `Err` when it could not be established, else how it ended.
+async fn session(
+    url: &str,
+    key: i64,
+    log: &Mutex<ClientLog>,
+    stop: &AtomicBool,
+    offline: &AtomicBool,
+    reconnect: bool,
+) -> Result<Ended, String> {
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    ws.send(Message::text(format!(
+        "{{\"protocol\":\"json\",\"version\":1}}{RS}"
+    )))
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut handshaken = false;
+    let mut ping = tokio::time::interval(Duration::from_secs(5));
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(Duration::from_secs(20), ws.next()) => m,
+            _ = ping.tick() => {
+                if handshaken && ws.send(Message::text(format!("{{\"type\":6}}{RS}"))).await.is_err() {
+                    return Ok(Ended::Dropped("ping failed".into()));
+                }
+                continue;
+            }
+            _ = check.tick() => {
+                if stop.load(Ordering::SeqCst) {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    return Ok(Ended::Stop);
+                }
+                if offline.load(Ordering::SeqCst) {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    return Ok(Ended::Dropped("taken offline".into()));
+                }
+                continue;
+            }
+        };
+        let text = match msg {
+            Err(_) => return Ok(Ended::Dropped("silent for 20 s".into())),
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                return if handshaken {
+                    Ok(Ended::Dropped("socket closed".into()))
+                } else {
+                    Err("closed before the handshake".into())
+                };
+            }
+            Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+            Ok(Some(Ok(Message::Binary(b)))) => String::from_utf8_lossy(&b).to_string(),
+            Ok(Some(Ok(_))) => continue,
+        };
+        for record in text.split(RS).filter(|r| !r.is_empty()) {
+            let Ok(v) = serde_json::from_str::<Value>(record) else {
+                log.lock()
+                    .unwrap()
+                    .anomalies
+                    .push(format!("undecodable record {record:?}"));
+                continue;
+            };
+            if !handshaken {
+                if v != Value::Object(Default::default()) {
+                    return Err(format!("handshake refused: {v}"));
+                }
+                handshaken = true;
+                let mut log = log.lock().unwrap();
+                log.connections += 1;
+                if reconnect {
+                    log.reconnects += 1;
+                }
+                continue;
+            }
+            match v["type"].as_u64() {
+                Some(1) => on_invocation(&v, key, log),
+                Some(7) => return Ok(Ended::Dropped(format!("Close {v}"))),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn on_invocation(v: &Value, key: i64, log: &Mutex<ClientLog>) {
+    let target = v["target"].as_str().unwrap_or("").to_owned();
+    let arg = &v["arguments"][0];
+    let mut log = log.lock().unwrap();
+    let Some(cursor) = arg["cursor"].as_str() else {
+        log.anomalies.push(format!("{target} without cursor"));
+        return;
+    };
+    log.cursor = Some(cursor.to_owned());
+    if target == "ResumeGap" {
+        let at = log.events.len();
+        log.gaps.push((at, Instant::now()));
+        return;
+    }
+    let Some(position) = position_of(cursor, key) else {
+        log.anomalies
+            .push(format!("{target}: cursor does not name vkey:{key}"));
+        return;
+    };
+    let event_id = arg["eventId"].as_str().unwrap_or("").to_owned();
+    if event_id.is_empty() {
+        log.anomalies.push(format!("{target} without eventId"));
+    }
+    if arg["virtualKeyId"].as_i64() != Some(key) {
+        log.anomalies
+            .push(format!("{target} {event_id} of another key: {arg}"));
+    }
+    log.events.push(Received {
+        target,
+        event_id,
+        position,
+        total: arg["totalSpend"].as_f64().map(|t| t.to_string()),
+        at: Instant::now(),
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario
+
+/// A row of `budget_alerts`: (alert id, threshold, generation, source event id, published).
+type AlertRow = (String, i32, i32, String, bool);
+
+/// Everything of this run outside the processes: the queues and private exchanges, the
+/// database and the Redis keys. Removed when dropped (also after a failure).
+struct Cleanup {
+    queue: String,
+    namespace: String,
+    database: String,
+    prefix: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let queue = self.queue.clone();
+        let exchanges: Vec<String> = herald_ingest::amqp::EVENT_TYPES
+            .iter()
+            .map(|t| format!("{}:{t}", self.namespace))
+            .chain([queue.clone()])
+            .collect();
+        let database = self.database.clone();
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let _ = tokio::time::timeout(Duration::from_secs(20), async {
+                    if let Ok(conn) =
+                        Connection::connect(AMQP_URL, ConnectionProperties::default()).await
+                        && let Ok(ch) = conn.create_channel().await
+                    {
+                        for q in [
+                            queue.clone(),
+                            format!("{queue}.dead"),
+                            format!("{queue}.retry"),
+                        ] {
+                            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+                        }
+                        for e in &exchanges {
+                            let _ = ch
+                                .exchange_delete(e.as_str().into(), Default::default())
+                                .await;
+                        }
+                        let _ = conn.close(200, "done".into()).await;
+                    }
+                    if let Ok((client, conn)) =
+                        tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!(
+                                "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                    if let Ok(client) = redis::Client::open(REDIS_URL)
+                        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                    {
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(format!("{prefix}*"))
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap_or_default();
+                        for k in keys {
+                            let _: Result<(), _> =
+                                redis::cmd("DEL").arg(k).query_async(&mut conn).await;
+                        }
+                    }
+                })
+                .await;
+            });
+        })
+        .join();
+    }
+}
+
+#[derive(Default)]
+struct Timeline {
+    /// When the test asked Redis to shut down.
+    redis_down: Option<Instant>,
+    /// When Redis had stopped answering: an event whose message was published before this may
+    /// have been in the history the restart wiped; one published after it cannot have been (it
+    /// was written to the new, empty Redis).
+    redis_gone: Option<Instant>,
+    /// When Redis answered again after the restart.
+    redis_up: Option<Instant>,
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+async fn wait_progress(progress: &AtomicUsize, n: usize) {
+    while progress.load(Ordering::SeqCst) < n {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "restarts the shared Redis and RabbitMQ; run alone: cargo test --test chaos -- --ignored"]
+async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consumer_restarts() {
+    let started = Instant::now();
+    let _services = Services;
+    let logs = std::env::temp_dir().join(unique("herald-chaos-"));
+    std::fs::create_dir_all(&logs).unwrap();
+    println!("[chaos] process logs in {}", logs.display());
+
+    // One database, queue, MassTransit namespace and Redis prefix for the whole cluster.
+    let database = create_database().await;
+    let queue = unique("herald.chaos.");
+    let namespace = format!("{queue}.ns");
+    let prefix = unique("herald-chaos-");
+    let _cleanup = Cleanup {
+        queue: queue.clone(),
+        namespace: namespace.clone(),
+        database: database.clone(),
+        prefix: prefix.clone(),
+    };
+    let bind = herald_ingest::amqp::EVENT_TYPES
+        .iter()
+        .map(|t| format!("{namespace}:{t}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let shared = vec![
+        ("HERALD_REDIS_URL", REDIS_URL.to_owned()),
+        ("HERALD_DATABASE_URL", database_url(&database)),
+        ("HERALD_REDIS_PREFIX", prefix.clone()),
+    ];
+    let mut consumer_env = shared.clone();
+    consumer_env.extend([
+        ("HERALD_LISTEN", "127.0.0.1:0".to_owned()),
+        ("HERALD_AMQP_URL", AMQP_URL.to_owned()),
+        ("HERALD_AMQP_QUEUE", queue.clone()),
+        ("HERALD_AMQP_BIND", bind),
+    ]);
+    let mut first_env = consumer_env.clone();
+    first_env.push(("HERALD_MIGRATE", "true".to_owned()));
+    let consumer1 = block(|| Proc::herald("consumer-1", "consume", &first_env, &logs));
+    wait_ready(consumer1.addr, "consumer-1").await;
+    let consumer2 = block(|| Proc::herald("consumer-2", "consume", &consumer_env, &logs));
+    wait_ready(consumer2.addr, "consumer-2").await;
+    // Gateways have no AMQP URL (they would consume too). Fixed ports: a killed node is started
+    // again on its own port, behind the same haproxy line.
+    let ports = [free_port(), free_port()];
+    let gateway_env = |port: u16| {
+        let mut env = shared.clone();
+        env.push(("HERALD_LISTEN", format!("127.0.0.1:{port}")));
+        env
+    };
+    let mut gateways = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let g = block(|| {
+            Proc::herald(
+                &format!("gateway-{}", i + 1),
+                "serve",
+                &gateway_env(*port),
+                &logs,
+            )
+        });
+        wait_ready(g.addr, &g.name).await;
+        gateways.push(Some(g));
+    }
+    let gateway_addrs: Vec<SocketAddr> =
+        gateways.iter().map(|g| g.as_ref().unwrap().addr).collect();
+    let (_haproxy, front) = start_haproxy(&gateway_addrs, &logs);
+    wait_ready(front, "haproxy").await;
+
+    // Keys with a total budget, created through haproxy.
+    let auth = format!("Bearer {MASTER_KEY}");
+    let mut raw_keys = BTreeMap::new();
+    for k in 1..=KEYS {
+        let r = http(
+            front,
+            "POST",
+            "/v1/keys",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            &format!(r#"{{"id":{k},"name":"chaos-{k}","budget":{BUDGET},"budgetPeriod":"total"}}"#),
+        )
+        .await;
+        assert_eq!(r.status, 201, "create key {k}: {}", r.body);
+        raw_keys.insert(k, r.json()["key"].as_str().unwrap().to_owned());
+    }
+
+    // One client per key through haproxy.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut logs_by_key: BTreeMap<i64, Arc<Mutex<ClientLog>>> = BTreeMap::new();
+    let mut clients = Vec::new();
+    // The first OFFLINE_ACROSS_WIPE clients go offline before Redis is wiped and come back
+    // after it: their cursors point into the history that is gone.
+    let offline = Arc::new(AtomicBool::new(false));
+    for (&k, raw) in &raw_keys {
+        let log = Arc::new(Mutex::new(ClientLog::default()));
+        logs_by_key.insert(k, log.clone());
+        let offline = if k <= OFFLINE_ACROSS_WIPE {
+            offline.clone()
+        } else {
+            Arc::new(AtomicBool::new(false))
+        };
+        clients.push(tokio::spawn(client(
+            front,
+            k,
+            raw.clone(),
+            log,
+            stop.clone(),
+            offline,
+        )));
+    }
+
+    // Warm-up: one message per key, so every client holds a cursor before anything fails.
+    let exchange = format!("{namespace}:SpendUpdated");
+    let mut publisher = Publisher {
+        exchange: exchange.clone(),
+        channel: None,
+        stats: PublishStats::default(),
+    };
+    let run = unique("c");
+    let id_of = |k: i64, j: u32| format!("{run}-k{k}-m{j}");
+    let setup_deadline = Instant::now() + SETUP_DEADLINE;
+    // Clients connect before the warm-up is published (else they would miss it: no cursor yet).
+    loop {
+        let waiting = logs_by_key
+            .values()
+            .filter(|l| l.lock().unwrap().connections == 0)
+            .count();
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < setup_deadline,
+            "{waiting} clients did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // When each message was first handed to RabbitMQ (before its first basic.publish).
+    let published_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    for k in 1..=KEYS {
+        let id = id_of(k, 1);
+        published_at
+            .lock()
+            .unwrap()
+            .insert(id.clone(), Instant::now());
+        publisher
+            .publish(&spend_envelope(&id, k, STEP, STEP), setup_deadline)
+            .await;
+    }
+    loop {
+        let waiting = logs_by_key
+            .values()
+            .filter(|l| l.lock().unwrap().events.is_empty())
+            .count();
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < setup_deadline,
+            "{waiting} clients never received their warm-up event"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "[chaos] cluster up, {KEYS} clients hold a cursor after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The steady phase: round-robin over the keys, each key's totals rising.
+    let plan: Vec<(Planned, u32)> = (2..=MESSAGES_PER_KEY)
+        .flat_map(|j| {
+            (1..=KEYS).map(move |k| {
+                (
+                    Planned {
+                        key: k,
+                        id: String::new(),
+                    },
+                    j,
+                )
+            })
+        })
+        .map(|(mut p, j)| {
+            p.id = id_of(p.key, j);
+            (p, j)
+        })
+        .collect();
+    let total = plan.len();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let publish_task = {
+        let progress = progress.clone();
+        let published_at = published_at.clone();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let deadline = t0 + PUBLISH_DEADLINE;
+            for (i, (m, j)) in plan.iter().enumerate() {
+                tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / RATE)).await;
+                let body = spend_envelope(&m.id, m.key, STEP, j * STEP);
+                published_at
+                    .lock()
+                    .unwrap()
+                    .insert(m.id.clone(), Instant::now());
+                publisher.publish(&body, deadline).await;
+                progress.fetch_add(1, Ordering::SeqCst);
+            }
+            (publisher.stats, t0.elapsed())
+        })
+    };
+
+    // The faults, one after another, each at a point of the publishing.
+    let mut timeline = Timeline::default();
+    wait_progress(&progress, total / 10).await;
+    let g1 = gateways[0].take().unwrap();
+    block(|| g1.kill9());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let g1 = block(|| Proc::herald("gateway-1", "serve", &gateway_env(ports[0]), &logs));
+    wait_ready(g1.addr, "gateway-1 (restarted)").await;
+    println!("[chaos] gateway-1 started again on {}", g1.addr);
+    gateways[0] = Some(g1);
+
+    wait_progress(&progress, total * 3 / 10).await;
+    offline.store(true, Ordering::SeqCst);
+    println!("[chaos] clients of keys 1..={OFFLINE_ACROSS_WIPE} go offline until Redis is back");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    timeline.redis_down = Some(Instant::now());
+    println!("[chaos] Redis: shutdown nosave (nothing on disk: every stream is wiped)");
+    sh_async(
+        "redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1 || true; \
+         for i in $(seq 100); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || exit 0; sleep 0.1; done; exit 1",
+    )
+    .await;
+    timeline.redis_gone = Some(Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sh_async("source scripts/services && redis_up").await;
+    timeline.redis_up = Some(Instant::now());
+    println!("[chaos] Redis started again (empty)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    offline.store(false, Ordering::SeqCst);
+
+    wait_progress(&progress, total / 2).await;
+    println!("[chaos] RabbitMQ: stop_app");
+    let rabbit = Instant::now();
+    sh_async("rabbitmqctl -q stop_app >/dev/null && sleep 1 && rabbitmqctl -q start_app >/dev/null && source scripts/services && rabbit_up").await;
+    println!(
+        "[chaos] RabbitMQ: start_app done after {:.1}s",
+        rabbit.elapsed().as_secs_f64()
+    );
+
+    wait_progress(&progress, total * 7 / 10).await;
+    block(|| consumer1.kill9());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let consumer1 = block(|| Proc::herald("consumer-1", "consume", &consumer_env, &logs));
+    wait_ready(consumer1.addr, "consumer-1 (restarted)").await;
+    println!("[chaos] consumer-1 started again");
+
+    let (stats, publish_time) = publish_task.await.unwrap();
+    println!(
+        "[chaos] published and confirmed {total} messages in {:.1}s",
+        publish_time.as_secs_f64()
+    );
+
+    // Every client gets everything it can still get (bounded wait).
+    let pg = {
+        let (client, conn) =
+            tokio_postgres::connect(&database_url(&database), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let published_at = published_at.lock().unwrap().clone();
+    let redis_down = timeline.redis_down.unwrap();
+    let redis_up = timeline.redis_up.unwrap();
+    let redis_gone = timeline.redis_gone.unwrap();
+    // Pre-wipe: handed to RabbitMQ before Redis had stopped, so possibly in the wiped history.
+    // A message published after that can only have reached the new, empty Redis.
+    let pre_wipe = |source: &str| published_at.get(source).is_some_and(|t| *t < redis_gone);
+    let all_ids: HashMap<i64, Vec<String>> = (1..=KEYS)
+        .map(|k| (k, (1..=MESSAGES_PER_KEY).map(|j| id_of(k, j)).collect()))
+        .collect();
+    let alerts_of = |rows: &[tokio_postgres::Row]| {
+        let mut by_key: HashMap<i64, Vec<AlertRow>> = HashMap::new();
+        for r in rows {
+            by_key.entry(r.get(1)).or_default().push((
+                r.get(0),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+            ));
+        }
+        by_key
+    };
+    let alerts_query = "SELECT alert_id, key_id, threshold, generation, source_event_id, \
+                        published_at IS NOT NULL FROM budget_alerts";
+    let delivery_deadline = Instant::now() + DELIVERY_DEADLINE;
+    loop {
+        let alerts = alerts_of(&pg.query(alerts_query, &[]).await.unwrap());
+        let mut outstanding = 0;
+        for (k, log) in &logs_by_key {
+            let log = log.lock().unwrap();
+            let got: HashSet<&str> = log.events.iter().map(|e| e.event_id.as_str()).collect();
+            let gap = !log.gaps.is_empty();
+            let expected = all_ids[k]
+                .iter()
+                .map(|id| (id.as_str(), id.as_str()))
+                .chain(
+                    alerts
+                        .get(k)
+                        .into_iter()
+                        .flatten()
+                        .map(|a| (a.0.as_str(), a.3.as_str())),
+                );
+            outstanding += expected
+                .filter(|(id, source)| !(got.contains(id) || gap && pre_wipe(source)))
+                .count();
+        }
+        if outstanding == 0 {
+            break;
+        }
+        if Instant::now() > delivery_deadline {
+            println!("[chaos] {outstanding} events still missing at the delivery deadline");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A late duplicate would show up now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    // Finally every client reconnects through haproxy with its last cursor: it must get nothing
+    // it does not hold already (the replay is empty; anything in it counts as a duplicate).
+    let before: usize = logs_by_key
+        .values()
+        .map(|l| l.lock().unwrap().events.len())
+        .sum();
+    let stop_final = Arc::new(AtomicBool::new(false));
+    let mut finals = Vec::new();
+    for (&k, raw) in &raw_keys {
+        let log = logs_by_key[&k].clone();
+        let stop = stop_final.clone();
+        let raw = raw.clone();
+        finals.push(tokio::spawn(async move {
+            let cursor = log.lock().unwrap().cursor.clone().unwrap();
+            let url = format!("ws://{front}/hubs/spend?access_token={raw}&cursor={cursor}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            // Connected once (retrying refusals), kept open until told to stop.
+            loop {
+                match session(&url, k, &log, &stop, &AtomicBool::new(false), true).await {
+                    Ok(_) => return true,
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(_) => return false,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_final.store(true, Ordering::SeqCst);
+    let mut final_ok = 0;
+    for f in finals {
+        final_ok += usize::from(f.await.unwrap());
+    }
+    let after: usize = logs_by_key
+        .values()
+        .map(|l| l.lock().unwrap().events.len())
+        .sum();
+
+    // ---- The figures.
+    let alert_rows = pg.query(alerts_query, &[]).await.unwrap();
+    let alerts = alerts_of(&alert_rows);
+    let states = pg
+        .query(
+            "SELECT key_id, threshold, generation, alert_id IS NULL FROM budget_alert_state",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // Each key's history stream as it is now: positions only.
+    let mut streams: HashMap<i64, Vec<(u64, u64)>> = HashMap::new();
+    for k in 1..=KEYS {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{prefix}:{{vkey:{k}}}:stream"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let positions = reply
+            .ids
+            .iter()
+            .filter_map(|e| {
+                let (a, b) = e.id.split_once('-')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect();
+        streams.insert(k, positions);
+    }
+    let mut expected_events = 0;
+    let mut received = 0;
+    let mut lost = Vec::new();
+    let mut lost_excused = 0;
+    let mut duplicated = Vec::new();
+    let mut duplicated_excused = 0;
+    let mut foreign = Vec::new();
+    let mut out_of_order = Vec::new();
+    let mut stream_mismatch = Vec::new();
+    let mut inversions = 0;
+    let mut alerts_received = 0;
+    let mut alert_dup_on_client = Vec::new();
+    let mut reconnects = 0;
+    let mut refused = 0;
+    let mut gaps = 0;
+    let mut clients_with_gap = 0;
+    let mut anomalies = Vec::new();
+    for (k, log) in &logs_by_key {
+        let log = log.lock().unwrap();
+        reconnects += log.reconnects;
+        refused += log.refused;
+        gaps += log.gaps.len();
+        clients_with_gap += usize::from(!log.gaps.is_empty());
+        anomalies.extend(log.anomalies.iter().map(|a| format!("key {k}: {a}")));
+        received += log.events.len();
+        let key_alerts = alerts.get(k).cloned().unwrap_or_default();
+        let mut expected: HashMap<&str, &str> = all_ids[k]
+            .iter()
+            .map(|id| (id.as_str(), id.as_str()))
+            .collect();
+        for a in &key_alerts {
+            expected.insert(a.0.as_str(), a.3.as_str());
+        }
+        expected_events += expected.len();
+        let mut copies: HashMap<&str, Vec<&Received>> = HashMap::new();
+        for e in &log.events {
+            copies.entry(e.event_id.as_str()).or_default().push(e);
+        }
+        for (id, source) in &expected {
+            if !copies.contains_key(id) {
+                if !log.gaps.is_empty() && pre_wipe(source) {
+                    lost_excused += 1;
+                } else {
+                    lost.push(format!("key {k}: {id}"));
+                }
+            }
+        }
+        for (id, c) in &copies {
+            let Some(source) = expected.get(id) else {
+                foreign.push(format!("key {k}: {id}"));
+                continue;
+            };
+            if c.len() > 1 {
+                // Excused only across the wipe: a pre-wipe event whose copies straddle it.
+                let straddles =
+                    c.first().unwrap().at < redis_down && c.last().unwrap().at > redis_up;
+                if pre_wipe(source) && straddles && c.len() == 2 {
+                    duplicated_excused += 1;
+                } else {
+                    duplicated.push(format!("key {k}: {id} ×{}", c.len()));
+                }
+            }
+        }
+        // Stream order: positions strictly increase along what the client received.
+        for w in log.events.windows(2) {
+            if w[1].position <= w[0].position {
+                out_of_order.push(format!(
+                    "key {k}: {} at {:?} after {} at {:?}",
+                    w[1].event_id, w[1].position, w[0].event_id, w[0].position
+                ));
+            }
+        }
+        // What the history stream holds now (everything since the wipe) is exactly the tail of
+        // what the client received, position by position.
+        let stream_positions = &streams[k];
+        if let Some(first) = stream_positions.first() {
+            let tail: Vec<(u64, u64)> = log
+                .events
+                .iter()
+                .map(|e| e.position)
+                .filter(|p| p >= first)
+                .collect();
+            if tail != *stream_positions {
+                stream_mismatch.push(format!(
+                    "key {k}: stream holds {} entries from {first:?}, client received {} of them",
+                    stream_positions.len(),
+                    tail.len()
+                ));
+            }
+        } else {
+            stream_mismatch.push(format!("key {k}: history stream is empty"));
+        }
+        // Publish order of one key's totals (informational: two consumers may interleave).
+        let mut max = 0.0f64;
+        for e in log.events.iter().filter(|e| e.target == "SpendUpdate") {
+            let t: f64 = e
+                .total
+                .as_deref()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0.0);
+            if t < max {
+                inversions += 1;
+            }
+            max = max.max(t);
+        }
+        // Alerts on the client: one per (key, threshold).
+        let mut per_threshold: HashMap<String, usize> = HashMap::new();
+        for e in log.events.iter().filter(|e| e.target == "BudgetAlert") {
+            alerts_received += 1;
+            let threshold = e.event_id.rsplit(':').nth(1).unwrap_or("?").to_owned();
+            *per_threshold.entry(threshold).or_default() += 1;
+        }
+        for (t, n) in per_threshold {
+            if n > 1 {
+                alert_dup_on_client.push(format!("key {k}: threshold {t} ×{n}"));
+            }
+        }
+    }
+    // PostgreSQL: one alert per (key, threshold), generation 1, published; every threshold of
+    // every key either fired or marked (passed over by a jump), once.
+    let mut pg_problems = Vec::new();
+    let mut fired: HashMap<(i64, i32), usize> = HashMap::new();
+    for (k, rows) in &alerts {
+        for (id, threshold, generation, _, published) in rows {
+            *fired.entry((*k, *threshold)).or_default() += 1;
+            if *generation != 1 {
+                pg_problems.push(format!("{id}: generation {generation}"));
+            }
+            if !published {
+                pg_problems.push(format!("{id}: never published"));
+            }
+        }
+    }
+    pg_problems.extend(
+        fired
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|((k, t), n)| format!("key {k} threshold {t} fired {n} times")),
+    );
+    let mut marked = 0;
+    let mut state_count: HashMap<(i64, i32), usize> = HashMap::new();
+    for r in &states {
+        let (k, t, generation, is_mark): (i64, i32, i32, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        *state_count.entry((k, t)).or_default() += 1;
+        marked += usize::from(is_mark);
+        if generation != 1 {
+            pg_problems.push(format!(
+                "key {k} threshold {t}: state generation {generation}"
+            ));
+        }
+    }
+    for k in 1..=KEYS {
+        for t in THRESHOLDS {
+            if state_count.get(&(k, t as i32)) != Some(&1) {
+                pg_problems.push(format!("key {k} threshold {t}: not fired or marked once"));
+            }
+        }
+    }
+    let fired_total: usize = fired.values().sum();
+
+    let sent = total + KEYS as usize;
+    println!("[chaos] ---------------- figures ----------------");
+    println!(
+        "[chaos] messages: sent {sent}, confirmed {sent}; basic.publish calls {} ({} unconfirmed, published again with the same messageId); failed connection attempts {}",
+        stats.attempts, stats.unconfirmed, stats.connection_failures
+    );
+    println!(
+        "[chaos] events: expected {expected_events}, received {received}, lost {} (+{lost_excused} excused: pre-wipe events of clients that got ResumeGap), duplicated {} (+{duplicated_excused} excused), foreign {}, out of stream order {}, stream/client mismatches {}",
+        lost.len(),
+        duplicated.len(),
+        foreign.len(),
+        out_of_order.len(),
+        stream_mismatch.len()
+    );
+    println!(
+        "[chaos] alerts: (key, threshold) pairs {}, fired in PostgreSQL {fired_total}, marked (passed over by a jump) {marked}, received by clients {alerts_received}, duplicated on clients {}",
+        KEYS as usize * THRESHOLDS.len(),
+        alert_dup_on_client.len()
+    );
+    println!(
+        "[chaos] clients: {KEYS}, reconnects {reconnects}, refused connect attempts {refused}, ResumeGaps {gaps} (clients {clients_with_gap}), final cursor reconnects {final_ok}/{KEYS} replayed {} events",
+        after - before
+    );
+    println!(
+        "[chaos] per-key total inversions (two consumers, informational): {inversions}; anomalies {}",
+        anomalies.len()
+    );
+    println!("[chaos] whole test {:.1}s", started.elapsed().as_secs_f64());
+    let show = |name: &str, v: &[String]| {
+        if !v.is_empty() {
+            println!("[chaos] {name} ({}): {:?}", v.len(), &v[..v.len().min(20)]);
+        }
+    };
+    show("lost", &lost);
+    show("duplicated", &duplicated);
+    show("foreign", &foreign);
+    show("out of order", &out_of_order);
+    show("stream mismatch", &stream_mismatch);
+    show("alert duplicates", &alert_dup_on_client);
+    show("postgres", &pg_problems);
+    show("anomalies", &anomalies);
+
+    assert!(lost.is_empty(), "events lost");
+    assert!(duplicated.is_empty(), "events duplicated");
+    assert!(foreign.is_empty(), "events of another key");
+    assert!(out_of_order.is_empty(), "events out of stream order");
+    assert!(
+        stream_mismatch.is_empty(),
+        "client and history stream disagree"
+    );
+    assert!(
+        alert_dup_on_client.is_empty(),
+        "an alert reached a client twice"
+    );
+    assert!(pg_problems.is_empty(), "alerts in PostgreSQL");
+    assert!(anomalies.is_empty(), "protocol anomalies");
+    assert_eq!(after, before, "the final cursor reconnect replayed events");
+    assert_eq!(
+        final_ok, KEYS as usize,
+        "every client reconnected at the end"
+    );
+    assert!(
+        alerts_received + lost_excused >= fired_total,
+        "every fired alert reached its client"
+    );
+    drop(consumer1);
+    drop(consumer2);
+    drop(gateways);
+    if std::env::var_os("HERALD_CHAOS_KEEP_LOGS").is_none() {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
+}
