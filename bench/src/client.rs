@@ -52,6 +52,11 @@ impl Track {
         }
     }
 
+    /// Every sequence number below `n` has been seen.
+    pub fn has_all_below(&self, n: u64) -> bool {
+        self.lo >= n
+    }
+
     pub fn unique(&self) -> u64 {
         self.lo + self.above.len() as u64
     }

@@ -355,7 +355,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         if recovered_at.is_some()
             && shared.tracks.iter().enumerate().all(|(i, t)| {
                 let t = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                !t.connected || t.unique() >= before_kill[i % before_kill.len()]
+                !t.connected || t.has_all_below(before_kill[i % before_kill.len()])
             })
         {
             *resumed_at = Some(Instant::now());
