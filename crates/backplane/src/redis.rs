@@ -334,14 +334,18 @@ impl RedisBackplane {
             (None, _) => false,
             // Contiguous only if the first entry after the cursor was written right after it.
             (Some(a), Some(prev)) => prev != Some(a),
-            // Nothing after the cursor: a gap only if something was written after it and is gone.
+            // Nothing after the cursor: a gap if something was written after it and is gone, or
+            // if the record of the newest entry is gone too (Redis wiped, or idle beyond its
+            // 24 h TTL) while the cursor names a real entry: nothing vouches for what followed.
             (Some(a), None) => {
                 let last: Option<String> = conn
                     .get(self.names.last(audience))
                     .await
                     .map_err(unavailable)?;
-                last.and_then(|l| l.parse::<Position>().ok())
-                    .is_some_and(|l| l > a)
+                match last.and_then(|l| l.parse::<Position>().ok()) {
+                    Some(l) => l > a,
+                    None => a > Position::ZERO,
+                }
             }
         };
         Ok(History { events, gap })
