@@ -41,6 +41,11 @@ const BUDGET: u32 = 100;
 const THRESHOLDS: [u32; 4] = [50, 75, 90, 100];
 /// Clients (keys 1..=N) kept offline from 2 s before the Redis wipe to 2 s after it.
 const OFFLINE_ACROSS_WIPE: i64 = 5;
+/// A quiet key, also offline across the wipe, whose last messages are published while its
+/// client is away and before the wipe, and none after: its client comes back to an empty
+/// history and must still be told (ResumeGap) that it missed events.
+const QUIET: i64 = KEYS + 1;
+const QUIET_MESSAGES: u32 = 4;
 /// Publish rate (messages per second) of the steady phase.
 const RATE: f64 = 70.0;
 /// Bounds that turn a hang into a failure; nothing is measured against them.
@@ -755,7 +760,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     // Keys with a total budget, created through haproxy.
     let auth = format!("Bearer {MASTER_KEY}");
     let mut raw_keys = BTreeMap::new();
-    for k in 1..=KEYS {
+    for k in 1..=QUIET {
         let r = http(
             front,
             "POST",
@@ -781,7 +786,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     for (&k, raw) in &raw_keys {
         let log = Arc::new(Mutex::new(ClientLog::default()));
         logs_by_key.insert(k, log.clone());
-        let offline = if k <= OFFLINE_ACROSS_WIPE {
+        let offline = if k <= OFFLINE_ACROSS_WIPE || k == QUIET {
             offline.clone()
         } else {
             Arc::new(AtomicBool::new(false))
@@ -823,7 +828,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     }
     // When each message was first handed to RabbitMQ (before its first basic.publish).
     let published_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    for k in 1..=KEYS {
+    for k in 1..=QUIET {
         let id = id_of(k, 1);
         published_at
             .lock()
@@ -848,7 +853,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!(
-        "[chaos] cluster up, {KEYS} clients hold a cursor after {:.1}s",
+        "[chaos] cluster up, {QUIET} clients hold a cursor after {:.1}s",
         started.elapsed().as_secs_f64()
     );
 
@@ -905,8 +910,31 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
 
     wait_progress(&progress, total * 3 / 10).await;
     offline.store(true, Ordering::SeqCst);
-    println!("[chaos] clients of keys 1..={OFFLINE_ACROSS_WIPE} go offline until Redis is back");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "[chaos] clients of keys 1..={OFFLINE_ACROSS_WIPE} and {QUIET} go offline until Redis is back"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The quiet key's last messages, published while its client is away.
+    let mut quiet_publisher = Publisher {
+        exchange: exchange.clone(),
+        channel: None,
+        stats: PublishStats::default(),
+    };
+    for j in 2..=QUIET_MESSAGES {
+        let id = id_of(QUIET, j);
+        published_at
+            .lock()
+            .unwrap()
+            .insert(id.clone(), Instant::now());
+        quiet_publisher
+            .publish(
+                &spend_envelope(&id, QUIET, STEP, j * STEP),
+                Instant::now() + SETUP_DEADLINE,
+            )
+            .await;
+    }
+    drop(quiet_publisher);
+    tokio::time::sleep(Duration::from_secs(1)).await;
     timeline.redis_down = Some(Instant::now());
     println!("[chaos] Redis: shutdown nosave (nothing on disk: every stream is wiped)");
     sh_async(
@@ -960,8 +988,15 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     // Pre-wipe: handed to RabbitMQ before Redis had stopped, so possibly in the wiped history.
     // A message published after that can only have reached the new, empty Redis.
     let pre_wipe = |source: &str| published_at.get(source).is_some_and(|t| *t < redis_gone);
-    let all_ids: HashMap<i64, Vec<String>> = (1..=KEYS)
-        .map(|k| (k, (1..=MESSAGES_PER_KEY).map(|j| id_of(k, j)).collect()))
+    let all_ids: HashMap<i64, Vec<String>> = (1..=QUIET)
+        .map(|k| {
+            let n = if k == QUIET {
+                QUIET_MESSAGES
+            } else {
+                MESSAGES_PER_KEY
+            };
+            (k, (1..=n).map(|j| id_of(k, j)).collect())
+        })
         .collect();
     let alerts_of = |rows: &[tokio_postgres::Row]| {
         let mut by_key: HashMap<i64, Vec<AlertRow>> = HashMap::new();
@@ -1073,7 +1108,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
 
     // Each key's history stream as it is now: positions only.
     let mut streams: HashMap<i64, Vec<(u64, u64)>> = HashMap::new();
-    for k in 1..=KEYS {
+    for k in 1..=QUIET {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(format!("{prefix}:{{vkey:{k}}}:stream"))
             .arg("-")
@@ -1100,6 +1135,8 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     let mut foreign = Vec::new();
     let mut out_of_order = Vec::new();
     let mut stream_mismatch = Vec::new();
+    // Clients offline across the wipe that were not told (ResumeGap).
+    let mut no_gap = Vec::new();
     let mut inversions = 0;
     let mut alerts_received = 0;
     let mut alert_dup_on_client = Vec::new();
@@ -1180,8 +1217,11 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
                     tail.len()
                 ));
             }
-        } else {
+        } else if *k != QUIET {
             stream_mismatch.push(format!("key {k}: history stream is empty"));
+        }
+        if (*k <= OFFLINE_ACROSS_WIPE || *k == QUIET) && log.gaps.is_empty() {
+            no_gap.push(format!("key {k}"));
         }
         // Publish order of one key's totals (informational: two consumers may interleave).
         let mut max = 0.0f64;
@@ -1252,7 +1292,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     }
     let fired_total: usize = fired.values().sum();
 
-    let sent = total + KEYS as usize;
+    let sent = total + QUIET as usize + QUIET_MESSAGES as usize - 1;
     println!("[chaos] ---------------- figures ----------------");
     println!(
         "[chaos] messages: sent {sent}, confirmed {sent}; basic.publish calls {} ({} unconfirmed, published again with the same messageId); failed connection attempts {}",
@@ -1272,7 +1312,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
         alert_dup_on_client.len()
     );
     println!(
-        "[chaos] clients: {KEYS}, reconnects {reconnects}, refused connect attempts {refused}, ResumeGaps {gaps} (clients {clients_with_gap}), final cursor reconnects {final_ok}/{KEYS} replayed {} events",
+        "[chaos] clients: {QUIET}, reconnects {reconnects}, refused connect attempts {refused}, ResumeGaps {gaps} (clients {clients_with_gap}), final cursor reconnects {final_ok}/{QUIET} replayed {} events",
         after - before
     );
     println!(
@@ -1293,6 +1333,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     show("alert duplicates", &alert_dup_on_client);
     show("postgres", &pg_problems);
     show("anomalies", &anomalies);
+    show("offline across the wipe without ResumeGap", &no_gap);
 
     assert!(lost.is_empty(), "events lost");
     assert!(duplicated.is_empty(), "events duplicated");
@@ -1308,9 +1349,13 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     );
     assert!(pg_problems.is_empty(), "alerts in PostgreSQL");
     assert!(anomalies.is_empty(), "protocol anomalies");
+    assert!(
+        no_gap.is_empty(),
+        "a client whose cursor the wipe made useless got no ResumeGap"
+    );
     assert_eq!(after, before, "the final cursor reconnect replayed events");
     assert_eq!(
-        final_ok, KEYS as usize,
+        final_ok, QUIET as usize,
         "every client reconnected at the end"
     );
     assert!(
