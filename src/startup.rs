@@ -161,7 +161,10 @@ impl Application {
             backplane.clone(),
         );
         let consumer_active = Arc::new(AtomicBool::new(false));
-        let consumer = settings.amqp_url.clone().map(|url| {
+        // `serve` is the gateway role only (DESIGN §2): it never consumes, even when the shared
+        // configuration of a deployment gives it HERALD_AMQP_URL.
+        let amqp_url = settings.amqp_url.clone().filter(|_| role != Role::Serve);
+        let consumer = amqp_url.map(|url| {
             let cfg = AmqpConfig {
                 url,
                 queue: settings.amqp_queue.clone(),

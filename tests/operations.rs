@@ -3,190 +3,16 @@
 #![allow(clippy::unwrap_used)]
 mod common;
 
+use common::process::*;
 use common::*;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// A herald process; stderr (the logs) goes to a file read after it stops.
-struct Herald {
-    child: Child,
-    addr: SocketAddr,
-    logs: PathBuf,
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.logs);
-    }
-}
-
-impl Herald {
-    fn start(args: &[&str], env: &[(&str, String)]) -> Self {
-        let logs = std::env::temp_dir().join(unique("herald-ops-log-"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("HERALD_") || k.starts_with("OTEL_") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args(args)
-            .env("HERALD_LISTEN", "127.0.0.1:0")
-            .env("HERALD_MASTER_KEY", MASTER_KEY)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&logs).unwrap());
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("herald printed where it listens")
-                .unwrap();
-            if let Some(a) = line.strip_prefix("listening on http://") {
-                break a.parse().unwrap();
-            }
-        };
-        // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr, logs }
-    }
-
-    /// Stops the process with SIGTERM and returns its log lines.
-    fn stop(mut self) -> Vec<String> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-        std::fs::read_to_string(&self.logs)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    async fn metrics(&self) -> String {
-        let r = http(self.addr, "GET", "/metrics", &[], "").await;
-        assert_eq!(r.status, 200);
-        r.body
-    }
-
-    async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if http(self.addr, "GET", "/readyz", &[], "").await.status == 200 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("herald never became ready");
-    }
-
-    async fn create_key(&self, id: i64, budget: &str) -> String {
-        let auth = format!("Bearer {MASTER_KEY}");
-        let r = http(
-            self.addr,
-            "POST",
-            "/v1/keys",
-            &[("Authorization", &auth)],
-            &format!(r#"{{"id":{id},"name":"k{id}","budget":{budget}}}"#),
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.body);
-        r.json()["key"].as_str().unwrap().to_owned()
-    }
-}
-
-/// The value of the series of `name` whose labels include all of `labels`; 0 when absent.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-            if metric != name {
-                return None;
-            }
-            let wanted = labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            wanted.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
-/// Environment for a node on the real services with its own database, queue and prefix, bound
-/// to a private MassTransit namespace (`<queue>.ns`).
-async fn real_env(node: &str) -> (Vec<(&'static str, String)>, String) {
-    let database = create_database().await;
-    let queue = unique("herald.test.");
-    let ns = format!("{queue}.ns");
-    let bind = herald_ingest::amqp::EVENT_TYPES
-        .iter()
-        .map(|t| format!("{ns}:{t}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let env = vec![
-        ("HERALD_AMQP_URL", AMQP_URL.to_owned()),
-        ("HERALD_REDIS_URL", REDIS_URL.to_owned()),
-        ("HERALD_DATABASE_URL", database_url(&database)),
-        ("HERALD_AMQP_QUEUE", queue),
-        ("HERALD_AMQP_BIND", bind),
-        ("HERALD_REDIS_PREFIX", unique("herald-ops-")),
-        ("HERALD_MIGRATE", "true".to_owned()),
-        ("HERALD_NODE_ID", node.to_owned()),
-    ];
-    (env, ns)
-}
-
-async fn publish_mt(exchange: &str, body: &str, headers: &[(&str, &str)]) {
-    let conn = lapin::Connection::connect(AMQP_URL, Default::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    ch.exchange_declare(
-        exchange.into(),
-        lapin::ExchangeKind::Fanout,
-        lapin::options::ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    let mut table = lapin::types::FieldTable::default();
-    for (k, v) in headers {
-        table.insert(
-            (*k).into(),
-            lapin::types::AMQPValue::LongString((*v).into()),
-        );
-    }
-    ch.basic_publish(
-        exchange.into(),
-        "".into(),
-        Default::default(),
-        body.as_bytes(),
-        lapin::BasicProperties::default()
-            .with_content_type("application/vnd.masstransit+json".into())
-            .with_headers(table),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    let _ = conn.close(200, "done".into()).await;
-}
 
 #[tokio::test]
 async fn metrics_move_by_the_right_amounts_after_real_traffic() {
@@ -301,60 +127,6 @@ async fn metrics_move_by_the_right_amounts_after_real_traffic() {
     assert_eq!(gauge, 0.0, "a closed connection leaves the gauge");
 }
 
-/// A private redis-server on a free port, so stopping it disturbs no other test.
-struct PrivateRedis {
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl PrivateRedis {
-    fn start_on(port: u16, dir: PathBuf) -> Self {
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                dir.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let r = Self {
-            child: Some(child),
-            dir,
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("private redis-server did not start on {port}");
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 async fn readyz(addr: SocketAddr) -> (u16, Value) {
     let r = http(addr, "GET", "/readyz", &[], "").await;
     (r.status, r.json())
@@ -362,11 +134,7 @@ async fn readyz(addr: SocketAddr) -> (u16, Value) {
 
 #[tokio::test]
 async fn readyz_is_503_while_redis_is_down_and_200_again_after_it_returns() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let dir = std::env::temp_dir().join(unique("herald-ops-redis-"));
     let mut redis = PrivateRedis::start_on(port, dir.clone());
     let node = Herald::start(

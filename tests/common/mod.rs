@@ -3,6 +3,8 @@
 //! so tests run in parallel. A raw SignalR client speaks the wire protocol.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod process;
+
 use futures_util::{SinkExt, StreamExt};
 use herald::configuration::{Overrides, Settings};
 use herald::startup::{Application, Role};

@@ -1,0 +1,305 @@
+//! Herald as real processes, and dependencies a test may stop without disturbing others: a
+//! private redis-server and a TCP proxy that can cut connections (e.g. to PostgreSQL).
+#![allow(dead_code)]
+
+use super::*;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// A herald process; stderr (the logs) goes to a file read after it stops.
+pub struct Herald {
+    pub child: Child,
+    pub addr: SocketAddr,
+    logs: PathBuf,
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.logs);
+    }
+}
+
+impl Herald {
+    pub fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        let logs = std::env::temp_dir().join(unique("herald-ops-log-"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HERALD_") || k.starts_with("OTEL_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args)
+            .env("HERALD_LISTEN", "127.0.0.1:0")
+            .env("HERALD_MASTER_KEY", MASTER_KEY)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&logs).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("herald printed where it listens")
+                .unwrap();
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                break a.parse().unwrap();
+            }
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr, logs }
+    }
+
+    /// Stops the process with SIGTERM and returns its log lines.
+    pub fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.logs)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = http(self.addr, "GET", "/metrics", &[], "").await;
+        assert_eq!(r.status, 200);
+        r.body
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if http(self.addr, "GET", "/readyz", &[], "").await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("herald never became ready");
+    }
+
+    pub async fn create_key(&self, id: i64, budget: &str) -> String {
+        let auth = format!("Bearer {MASTER_KEY}");
+        let r = http(
+            self.addr,
+            "POST",
+            "/v1/keys",
+            &[("Authorization", &auth)],
+            &format!(r#"{{"id":{id},"name":"k{id}","budget":{budget}}}"#),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["key"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The value of the series of `name` whose labels include all of `labels`; 0 when absent.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name {
+                return None;
+            }
+            let wanted = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Environment for a node on the real services with its own database, queue and prefix, bound
+/// to a private MassTransit namespace (`<queue>.ns`).
+pub async fn real_env(node: &str) -> (Vec<(&'static str, String)>, String) {
+    let database = create_database().await;
+    let queue = unique("herald.test.");
+    let ns = format!("{queue}.ns");
+    let bind = herald_ingest::amqp::EVENT_TYPES
+        .iter()
+        .map(|t| format!("{ns}:{t}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let env = vec![
+        ("HERALD_AMQP_URL", AMQP_URL.to_owned()),
+        ("HERALD_REDIS_URL", REDIS_URL.to_owned()),
+        ("HERALD_DATABASE_URL", database_url(&database)),
+        ("HERALD_AMQP_QUEUE", queue),
+        ("HERALD_AMQP_BIND", bind),
+        ("HERALD_REDIS_PREFIX", unique("herald-ops-")),
+        ("HERALD_MIGRATE", "true".to_owned()),
+        ("HERALD_NODE_ID", node.to_owned()),
+    ];
+    (env, ns)
+}
+
+pub async fn publish_mt(exchange: &str, body: &str, headers: &[(&str, &str)]) {
+    let conn = lapin::Connection::connect(AMQP_URL, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Fanout,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut table = lapin::types::FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            (*k).into(),
+            lapin::types::AMQPValue::LongString((*v).into()),
+        );
+    }
+    ch.basic_publish(
+        exchange.into(),
+        "".into(),
+        Default::default(),
+        body.as_bytes(),
+        lapin::BasicProperties::default()
+            .with_content_type("application/vnd.masstransit+json".into())
+            .with_headers(table),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// A private redis-server on a free port, so stopping it disturbs no other test.
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct PrivateRedis {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl PrivateRedis {
+    pub fn start_on(port: u16, dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                // Restarting it on the same dir is a restart, not a wipe (production runs AOF).
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let r = Self {
+            child: Some(child),
+            dir,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private redis-server did not start on {port}");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TCP proxy in front of a real service (its tasks need a multi-threaded test runtime when
+/// the test also blocks, e.g. in `Herald::start`). `cut()` closes every proxied connection and refuses
+/// new ones until `restore()`: the service looks down to whoever connects through it.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (o, c) = (open.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if !o.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut up) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                c.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            addr,
+            open,
+            conns,
+            accept,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
