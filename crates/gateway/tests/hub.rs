@@ -703,6 +703,42 @@ async fn slow_consumers_are_closed_with_allow_reconnect() {
 }
 
 #[tokio::test]
+async fn a_stalled_client_does_not_hold_back_the_others_of_its_audience() {
+    let env = Env::new().await;
+    let (addr, _gw) = env
+        .node(GatewayConfig {
+            outbound_queue_bytes: 64 * 1024,
+            ..config()
+        })
+        .await;
+    let path = format!("/hubs/spend?access_token={KEY_A}");
+    // Never read again after the handshake: its socket buffers fill, then its queue.
+    let mut stalled = connect(addr, &path).await;
+    let mut fast = connect(addr, &path).await;
+    let filler = "x".repeat(16 * 1024);
+    // Lockstep: each event reaches the fast client before the next is published. If fan-out
+    // waited on the stalled client, the fast one would stop receiving (and this would time out)
+    // long before 2,000 events of 16 KiB (32 MiB) went through.
+    for i in 0..2000 {
+        let id = format!("big-{i}");
+        let payload = format!(r#"{{"eventId":"{id}","virtualKeyId":1,"filler":"{filler}"}}"#);
+        env.publish_named(1, &id, "SpendUpdate", &payload).await;
+        let got = events(&mut fast, 1).await;
+        assert_eq!(event_ids(&got), [id]);
+    }
+    // The stalled one was closed as a slow consumer, allowed to reconnect (and resume).
+    let mut last = None;
+    while let Some(r) = stalled.next().await {
+        last = Some(r);
+    }
+    let close: Value = serde_json::from_str(&last.expect("a Close record")).unwrap();
+    assert_eq!(
+        close,
+        serde_json::json!({"type":7,"error":"slow consumer: outbound queue full","allowReconnect":true})
+    );
+}
+
+#[tokio::test]
 async fn shutdown_closes_connections_with_allow_reconnect_and_refuses_new_ones() {
     let env = Env::new().await;
     let (addr, gw) = env.node(config()).await;
