@@ -190,7 +190,11 @@ impl Settings {
             }
         };
         let amqp_url = url("HERALD_AMQP_URL", &flags.amqp_url, &["amqp", "amqps"])?;
-        let redis_url = url("HERALD_REDIS_URL", &flags.redis_url, &["redis", "rediss"])?;
+        let redis_url = url(
+            "HERALD_REDIS_URL",
+            &flags.redis_url,
+            &["redis", "rediss", "redis+cluster"],
+        )?;
         let database_url = url(
             "HERALD_DATABASE_URL",
             &flags.database_url,
@@ -440,6 +444,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.var, "OTEL_EXPORTER_OTLP_PROTOCOL");
+    }
+
+    #[test]
+    fn a_redis_cluster_url_is_accepted() {
+        for url in [
+            "redis+cluster://127.0.0.1:7001,127.0.0.1:7002",
+            "redis://127.0.0.1:7001,redis://127.0.0.1:7002",
+        ] {
+            let s = load(&[("HERALD_REDIS_URL", url)], Overrides::default()).unwrap();
+            assert_eq!(s.redis_url.as_deref(), Some(url));
+        }
+        let e = load(&[("HERALD_REDIS_URL", "cluster://x")], Overrides::default()).unwrap_err();
+        assert_eq!(e.var, "HERALD_REDIS_URL");
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub async fn spawn_app() -> TestApp {
         &unique("herald-it-"),
         "test-node",
         Bindings::Private,
+        REDIS_URL,
     )
     .await
 }
@@ -81,6 +82,7 @@ pub async fn spawn_app_on_conduit_exchanges() -> TestApp {
         &unique("herald-it-"),
         "test-node",
         Bindings::Default,
+        REDIS_URL,
     )
     .await
 }
@@ -95,6 +97,11 @@ enum Bindings {
 
 /// `n` nodes sharing one database, queue (competing consumers) and Redis prefix: a cluster.
 pub async fn spawn_cluster(n: usize) -> Vec<TestApp> {
+    spawn_cluster_on(n, REDIS_URL).await
+}
+
+/// `spawn_cluster` with the backplane on `redis_url` (e.g. a Redis Cluster).
+pub async fn spawn_cluster_on(n: usize, redis_url: &str) -> Vec<TestApp> {
     let database = create_database().await;
     let (queue, prefix) = (unique("herald.test."), unique("herald-it-"));
     let mut nodes = Vec::new();
@@ -106,6 +113,7 @@ pub async fn spawn_cluster(n: usize) -> Vec<TestApp> {
                 &prefix,
                 &format!("node-{i}"),
                 Bindings::Private,
+                redis_url,
             )
             .await,
         );
@@ -119,6 +127,7 @@ async fn spawn_node(
     redis_prefix: &str,
     node_id: &str,
     bindings: Bindings,
+    redis_url: &str,
 ) -> TestApp {
     let namespace = match bindings {
         Bindings::Private => format!("{queue}.ns"),
@@ -132,7 +141,7 @@ async fn spawn_node(
     let mut vars: HashMap<&str, String> = HashMap::from([
         ("HERALD_LISTEN", "127.0.0.1:0".to_string()),
         ("HERALD_AMQP_URL", AMQP_URL.to_string()),
-        ("HERALD_REDIS_URL", REDIS_URL.to_string()),
+        ("HERALD_REDIS_URL", redis_url.to_string()),
         ("HERALD_DATABASE_URL", database_url(database)),
         ("HERALD_MASTER_KEY", MASTER_KEY.to_string()),
         ("HERALD_AMQP_QUEUE", queue.to_string()),
