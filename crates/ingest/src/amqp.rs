@@ -10,6 +10,7 @@
 use crate::envelope::{self, MessageMeta};
 use crate::pipeline::{Failure, Pipeline};
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use herald_domain::{EventId, Invalid};
 use herald_telemetry::metrics;
 use lapin::message::Delivery;
@@ -23,6 +24,7 @@ use lapin::{
 };
 use rand::Rng;
 use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -440,35 +442,69 @@ impl Consumer {
             channel.clone(),
             self.config.queue.clone(),
         )));
+        // Up to `prefetch` deliveries are processed at once, one at a time per partition (a
+        // key, a task, the global stream), so one key's events keep their bus order while
+        // different keys proceed in parallel. Each delivery is acked on its own when done.
+        let mut inflight = FuturesUnordered::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut waiting: HashMap<String, VecDeque<Delivery>> = HashMap::new();
+        let start = |delivery: Delivery, partition: String, shutdown: watch::Receiver<bool>| {
+            let (channel, dead) = (&channel, &dead);
+            async move {
+                let mut shutdown = shutdown;
+                let r = self.handle(delivery, channel, dead, &mut shutdown).await;
+                (partition, r)
+            }
+        };
         loop {
-            let next = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = stopped(shutdown) => {
                     ready.store(false, Ordering::SeqCst);
                     // Stop deliveries; prefetched, unacked ones return to the queue when the
-                    // connection closes.
+                    // connection closes. Messages being processed finish (or, while retrying,
+                    // give up at once and stay unacked).
                     let _ = tokio::time::timeout(
                         CLOSE_TIMEOUT,
                         channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
                     )
                     .await;
+                    while let Some((_, r)) = inflight.next().await {
+                        r?;
+                    }
                     return Ok(End::Shutdown);
                 }
-                n = consumer.next() => n,
-            };
-            let delivery = match next {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(AmqpError::Broker(format!("consuming: {e}"))),
-                None => {
-                    return Err(AmqpError::Broker(
-                        "the broker cancelled the consumer".into(),
-                    ));
+                Some((partition, r)) = inflight.next(), if !inflight.is_empty() => {
+                    if let Some(End::Shutdown) = r? {
+                        continue;
+                    }
+                    *consumed = true;
+                    match waiting.get_mut(&partition).and_then(VecDeque::pop_front) {
+                        Some(next) => inflight.push(start(next, partition, shutdown.clone())),
+                        None => {
+                            waiting.remove(&partition);
+                            busy.remove(&partition);
+                        }
+                    }
                 }
-            };
-            if let Some(End::Shutdown) = self.handle(delivery, &channel, &dead, shutdown).await? {
-                return Ok(End::Shutdown);
+                next = consumer.next() => {
+                    let delivery = match next {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => return Err(AmqpError::Broker(format!("consuming: {e}"))),
+                        None => {
+                            return Err(AmqpError::Broker(
+                                "the broker cancelled the consumer".into(),
+                            ));
+                        }
+                    };
+                    let partition = envelope::partition(&delivery.data, &meta_of(&delivery));
+                    if busy.insert(partition.clone()) {
+                        inflight.push(start(delivery, partition, shutdown.clone()));
+                    } else {
+                        waiting.entry(partition).or_default().push_back(delivery);
+                    }
+                }
             }
-            *consumed = true;
         }
     }
 

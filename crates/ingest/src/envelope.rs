@@ -4,7 +4,7 @@
 //! [`Invalid`] with a short reason; nothing here panics on input.
 use chrono::{DateTime, Utc};
 use herald_domain::event::{Fields, parse_time};
-use herald_domain::{EventId, InboundEvent, InboundKind, Invalid};
+use herald_domain::{EventId, InboundEvent, InboundKind, Invalid, KeyRef};
 use serde_json::Value;
 
 /// Largest message body accepted. Conduit's events are a few hundred bytes; anything near this
@@ -55,6 +55,26 @@ pub fn peek_event_id(body: &[u8]) -> Option<EventId> {
         Value::String(s) => EventId::parse(s).ok(),
         Value::Number(n) => EventId::parse(&n.to_string()).ok(),
         _ => None,
+    }
+}
+
+/// Which messages must be processed in order relative to each other: those of one key (spend
+/// and key changes), of one task, and the global ones. Undecodable messages get a partition of
+/// their own (they are dead-lettered, order does not matter).
+pub fn partition(body: &[u8], meta: &MessageMeta) -> String {
+    match decode(body, meta) {
+        Ok(ev) => match &ev.kind {
+            InboundKind::SpendUpdated(s) => match &s.key {
+                KeyRef::Id(id) => format!("key:{id}"),
+                KeyRef::Hash(h) => format!("hash:{h}"),
+            },
+            InboundKind::VirtualKey(k) => format!("key:{}", k.key_id),
+            InboundKind::Task(t) => format!("task:{}", t.task_id),
+            InboundKind::ProviderHealthChanged(_)
+            | InboundKind::ModelsDiscovered(_)
+            | InboundKind::ModelMappingChanged(_) => "global".to_owned(),
+        },
+        Err(_) => format!("bad:{}", rand::random::<u64>()),
     }
 }
 

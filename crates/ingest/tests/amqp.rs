@@ -444,18 +444,32 @@ async fn bad_messages_are_dead_lettered_unchanged_and_the_next_good_one_flows() 
     assert_eq!(names(&evs), ["SpendUpdate:good-3"]);
     let stats = run.stats.clone();
     eventually("the acks", || stats.processed.load(Ordering::SeqCst) == 1).await;
-    assert_eq!(run.stats.dead_lettered.load(Ordering::SeqCst), 2);
+    // Different messages are processed concurrently: the bad ones may finish after the good.
+    let dead_count = run.stats.clone();
+    eventually("the dead letters", || {
+        dead_count.dead_lettered.load(Ordering::SeqCst) == 2
+    })
+    .await;
     run.stop().await;
     assert_eq!(broker.count(&base).await, 0);
 
     let dead = amqp::dead_letter_name(&base);
     assert_eq!(broker.count(&dead).await, 2);
-    let first = broker
-        .ch
-        .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            broker
+                .ch
+                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // In the order they were dead-lettered, which concurrency leaves open.
+    got.sort_by_key(|m| m.delivery.data != garbage);
+    let second = got.pop().unwrap();
+    let first = got.pop().unwrap();
     let h = first.delivery.properties.headers().clone().unwrap();
     assert_eq!(first.delivery.data, garbage, "body unchanged");
     assert!(
@@ -478,12 +492,6 @@ async fn bad_messages_are_dead_lettered_unchanged_and_the_next_good_one_flows() 
         Some("garbage-1")
     );
     assert_eq!(amqp::header_text(&h, "x-herald-event-id"), None);
-    let second = broker
-        .ch
-        .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .unwrap()
-        .unwrap();
     let h = second.delivery.properties.headers().clone().unwrap();
     assert_eq!(second.delivery.data, negative);
     assert_eq!(
@@ -994,5 +1002,99 @@ async fn task_events_wait_for_their_owner_within_a_bounded_window() {
             QueueDeleteOptions::default(),
         )
         .await;
+    broker.cleanup(&cfg).await;
+}
+
+/// Delays every `record_spend` of one key: a slow key.
+struct SlowKey {
+    inner: MemoryStore,
+    slow: KeyId,
+    delay: Duration,
+}
+
+#[async_trait]
+impl Store for SlowKey {
+    async fn key_by_hash(&self, h: &KeyHash) -> Result<Option<VirtualKey>, StoreError> {
+        self.inner.key_by_hash(h).await
+    }
+    async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError> {
+        self.inner.key_by_id(id).await
+    }
+    async fn put_key(&self, k: &VirtualKey) -> Result<(), StoreError> {
+        self.inner.put_key(k).await
+    }
+    async fn delete_key(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.inner.delete_key(id).await
+    }
+    async fn record_spend(
+        &self,
+        id: KeyId,
+        total: Decimal,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        if id == self.slow {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.record_spend(id, total, at).await
+    }
+    async fn evaluate_budget(&self, o: &SpendObservation) -> Result<Vec<PendingAlert>, StoreError> {
+        self.inner.evaluate_budget(o).await
+    }
+    async fn mark_alert_published(&self, a: &EventId) -> Result<(), StoreError> {
+        self.inner.mark_alert_published(a).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test]
+async fn keys_are_processed_in_parallel_and_each_key_in_order() {
+    let base = unique();
+    let cfg = config(&base);
+    let broker = Broker::new().await;
+    let store = SlowKey {
+        inner: MemoryStore::new(),
+        slow: KeyId::new(1).unwrap(),
+        delay: Duration::from_secs(1),
+    };
+    let mut node = Node::new(Arc::new(store)).await;
+    let run = node.start(&cfg).await;
+    // Key 1 first (slow), then key 2's ten messages, then key 1 again.
+    let mut ids = vec![("s1-a".to_owned(), 1, 1)];
+    ids.extend((0..10).map(|i| (format!("f2-{i}"), 2, i + 1)));
+    ids.push(("s1-b".to_owned(), 1, 2));
+    for (id, key, total) in &ids {
+        let body = format!(r#"{{"KeyId":{key},"Amount":1,"NewTotalSpend":{total}}}"#);
+        broker
+            .publish(
+                &mt_exchange(&base),
+                "",
+                &mt_body(&base, id, &body),
+                mt_props(),
+            )
+            .await;
+    }
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        let ev = node.next(WAIT).await.expect("a SpendUpdate");
+        got.push(ev.event_id.as_str().to_owned());
+    }
+    let at = |id: &str| got.iter().position(|g| g == id).unwrap();
+    // Key 2 did not wait behind the slow key 1 (a one-at-a-time consumer would deliver s1-a
+    // first) ...
+    assert!(at("f2-9") < at("s1-a"), "key 2 waited for key 1: {got:?}");
+    // ... while each key kept its bus order.
+    assert!(at("s1-a") < at("s1-b"), "{got:?}");
+    let key2: Vec<&String> = got.iter().filter(|g| g.starts_with("f2-")).collect();
+    let want: Vec<String> = (0..10).map(|i| format!("f2-{i}")).collect();
+    assert_eq!(key2, want.iter().collect::<Vec<_>>(), "key 2 in order");
+    let stats = run.stats.clone();
+    eventually("every ack", || {
+        stats.processed.load(Ordering::SeqCst) == ids.len() as u64
+    })
+    .await;
+    run.stop().await;
+    assert_eq!(broker.count(&base).await, 0);
     broker.cleanup(&cfg).await;
 }
