@@ -22,8 +22,12 @@ use rand::RngCore;
 use serde_json::json;
 use std::sync::Arc;
 
-/// Read and write buffers per connection: small, because idle connections dominate memory.
-const SOCKET_BUFFER: usize = 4 * 1024;
+/// The read buffer is allocated up front for every connection and clients send little (pings,
+/// a few invocations), so it is small: idle connections dominate memory. Larger messages are
+/// read in several chunks.
+const READ_BUFFER: usize = 1024;
+/// Outgoing bytes are gathered up to this much before a write; the buffer grows on demand.
+const WRITE_BUFFER: usize = 4 * 1024;
 
 pub(crate) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
@@ -213,8 +217,8 @@ async fn connect(
         floors,
     };
     upgrade
-        .read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| session::run(socket, gw, setup))
