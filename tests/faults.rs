@@ -79,7 +79,8 @@ async fn the_consumer_holds_messages_while_redis_is_down_and_delivers_each_once_
     let port = free_port();
     let dir = std::env::temp_dir().join(unique("herald-faults-redis-"));
     let mut redis = PrivateRedis::start_on(port, dir.clone());
-    let (env, ns) = real_env("faults-consumer").await;
+    let real = real_env("faults-consumer").await;
+    let (env, ns) = (real.vars.clone(), real.ns.clone());
     let env = env_with(
         &env,
         &[("HERALD_REDIS_URL", format!("redis://127.0.0.1:{port}/"))],
@@ -166,7 +167,8 @@ async fn the_consumer_holds_messages_while_redis_is_down_and_delivers_each_once_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_holds_messages_while_postgres_is_unreachable_and_resumes_by_itself() {
     let proxy = FaultProxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let (env, ns) = real_env("faults-pg").await;
+    let real = real_env("faults-pg").await;
+    let (env, ns) = (real.vars.clone(), real.ns.clone());
     let database = env
         .iter()
         .find(|(k, _)| *k == "HERALD_DATABASE_URL")

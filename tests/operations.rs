@@ -16,7 +16,8 @@ const WAIT: Duration = Duration::from_secs(15);
 
 #[tokio::test]
 async fn metrics_move_by_the_right_amounts_after_real_traffic() {
-    let (env, ns) = real_env("ops-metrics").await;
+    let real = real_env("ops-metrics").await;
+    let (env, ns) = (real.vars.clone(), real.ns.clone());
     let node = Herald::start(&["standalone"], &env);
     node.wait_ready().await;
     let key = node.create_key(7, "10").await;
@@ -181,7 +182,8 @@ async fn readyz_is_503_while_redis_is_down_and_200_again_after_it_returns() {
 
 #[tokio::test]
 async fn logs_are_json_lines_with_node_event_and_key_ids_and_never_a_raw_key() {
-    let (mut env, ns) = real_env("ops-logs").await;
+    let real = real_env("ops-logs").await;
+    let (mut env, ns) = (real.vars.clone(), real.ns.clone());
     env.push(("HERALD_LOG_FORMAT", "json".to_owned()));
     env.push(("RUST_LOG", "debug,lapin=warn".to_owned()));
     let node = Herald::start(&["standalone"], &env);
@@ -324,7 +326,8 @@ fn spans(bodies: &[Value]) -> Vec<(String, String, String, String, String)> {
 #[tokio::test]
 async fn consume_publish_and_deliver_spans_share_one_trace_across_two_processes() {
     let (receiver, bodies) = otlp_receiver().await;
-    let (env, ns) = real_env("ops-consumer").await;
+    let real = real_env("ops-consumer").await;
+    let (env, ns) = (real.vars.clone(), real.ns.clone());
     let otlp = format!("http://{receiver}");
     let mut consumer_env = env.clone();
     consumer_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()));

@@ -174,58 +174,63 @@ async fn spawn_node(
 impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        // Quorum queues are heavy: leaving one set per test behind wedges the broker after
-        // many runs. Best effort, on a thread of its own (we may be inside the test runtime).
-        let queue = self.queue.clone();
-        // Exchanges of a private namespace go too (never Conduit's shared ones).
-        let exchanges: Vec<String> = if self.namespace.starts_with(&queue) {
-            herald_ingest::amqp::EVENT_TYPES
-                .iter()
-                .map(|t| format!("{}:{t}", self.namespace))
-                .chain([queue.clone()])
-                .collect()
-        } else {
-            Vec::new()
+        delete_amqp_objects(&self.queue, &self.namespace);
+    }
+}
+
+/// Deletes a test's queue, its `.dead` and `.retry` queues and, for a private namespace
+/// (`<queue>.ns`), its exchanges — never Conduit's shared ones. Quorum queues are heavy: leaving
+/// one set per test behind wedges the broker after many runs. Best effort, on a thread of its
+/// own (callers may be inside the test runtime).
+pub fn delete_amqp_objects(queue: &str, namespace: &str) {
+    let queue = queue.to_owned();
+    let exchanges: Vec<String> = if namespace.starts_with(&queue) {
+        herald_ingest::amqp::EVENT_TYPES
+            .iter()
+            .map(|t| format!("{namespace}:{t}"))
+            .chain([queue.clone()])
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
         };
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        rt.block_on(async {
+            let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
             else {
                 return;
             };
-            rt.block_on(async {
-                let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(ch) = conn.create_channel().await {
-                    for q in [
-                        queue.clone(),
-                        format!("{queue}.dead"),
-                        format!("{queue}.retry"),
-                    ] {
-                        let _ = ch
-                            .queue_delete(
-                                q.as_str().into(),
-                                lapin::options::QueueDeleteOptions::default(),
-                            )
-                            .await;
-                    }
-                    for e in &exchanges {
-                        let _ = ch
-                            .exchange_delete(
-                                e.as_str().into(),
-                                lapin::options::ExchangeDeleteOptions::default(),
-                            )
-                            .await;
-                    }
+            if let Ok(ch) = conn.create_channel().await {
+                for q in [
+                    queue.clone(),
+                    format!("{queue}.dead"),
+                    format!("{queue}.retry"),
+                ] {
+                    let _ = ch
+                        .queue_delete(
+                            q.as_str().into(),
+                            lapin::options::QueueDeleteOptions::default(),
+                        )
+                        .await;
                 }
-                let _ = conn.close(200, "done".into()).await;
-            });
-        })
-        .join();
-    }
+                for e in &exchanges {
+                    let _ = ch
+                        .exchange_delete(
+                            e.as_str().into(),
+                            lapin::options::ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                }
+            }
+            let _ = conn.close(200, "done".into()).await;
+        });
+    })
+    .join();
 }
 
 pub struct HttpResponse {

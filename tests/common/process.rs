@@ -116,9 +116,23 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// A test's environment on the real services; dropping it deletes its queues and exchanges.
+pub struct RealEnv {
+    pub vars: Vec<(&'static str, String)>,
+    /// The private MassTransit namespace the queue is bound to.
+    pub ns: String,
+    queue: String,
+}
+
+impl Drop for RealEnv {
+    fn drop(&mut self) {
+        delete_amqp_objects(&self.queue, &self.ns);
+    }
+}
+
 /// Environment for a node on the real services with its own database, queue and prefix, bound
-/// to a private MassTransit namespace (`<queue>.ns`).
-pub async fn real_env(node: &str) -> (Vec<(&'static str, String)>, String) {
+/// to a private MassTransit namespace (`<queue>.ns`). Keep it alive for the whole test.
+pub async fn real_env(node: &str) -> RealEnv {
     let database = create_database().await;
     let queue = unique("herald.test.");
     let ns = format!("{queue}.ns");
@@ -131,13 +145,17 @@ pub async fn real_env(node: &str) -> (Vec<(&'static str, String)>, String) {
         ("HERALD_AMQP_URL", AMQP_URL.to_owned()),
         ("HERALD_REDIS_URL", REDIS_URL.to_owned()),
         ("HERALD_DATABASE_URL", database_url(&database)),
-        ("HERALD_AMQP_QUEUE", queue),
+        ("HERALD_AMQP_QUEUE", queue.clone()),
         ("HERALD_AMQP_BIND", bind),
         ("HERALD_REDIS_PREFIX", unique("herald-ops-")),
         ("HERALD_MIGRATE", "true".to_owned()),
         ("HERALD_NODE_ID", node.to_owned()),
     ];
-    (env, ns)
+    RealEnv {
+        vars: env,
+        ns,
+        queue,
+    }
 }
 
 pub async fn publish_mt(exchange: &str, body: &str, headers: &[(&str, &str)]) {

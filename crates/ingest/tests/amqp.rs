@@ -123,7 +123,8 @@ impl Broker {
     async fn cleanup(&self, config: &AmqpConfig) {
         let ch = self.conn.create_channel().await.unwrap();
         let dead = amqp::dead_letter_name(&config.queue);
-        for q in [&config.queue, &dead] {
+        let retry = amqp::retry_queue_name(&config.queue);
+        for q in [&config.queue, &dead, &retry] {
             let _ = ch
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;
