@@ -158,13 +158,66 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The command connection with a health mark: a timeout or a lost connection marks it broken
+/// and the next `conn()` builds a new one. Without this, a silently dead connection (no FIN, no
+/// RST) would keep failing every publish and history read: the connection manager only
+/// reconnects when the socket reports an error.
+#[derive(Clone)]
+struct Checked {
+    conn: Conn,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn gone(e: &redis::RedisError) -> bool {
+    e.is_timeout() || e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
+}
+
+impl ConnectionLike for Checked {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let broken = self.broken.clone();
+        let fut = self.conn.req_packed_command(cmd);
+        Box::pin(async move {
+            let r = fut.await;
+            if let Err(e) = &r
+                && gone(e)
+            {
+                broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let broken = self.broken.clone();
+        let fut = self.conn.req_packed_commands(cmd, offset, count);
+        Box::pin(async move {
+            let r = fut.await;
+            if let Err(e) = &r
+                && gone(e)
+            {
+                broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            r
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
 pub struct RedisBackplane {
     target: Target,
     config: RedisConfig,
     names: Arc<Names>,
     script: Script,
     task_script: Script,
-    conn: Mutex<Option<Conn>>,
+    conn: Mutex<Option<Checked>>,
     router: Arc<Router>,
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -244,10 +297,14 @@ impl RedisBackplane {
         matches!(self.target, Target::Cluster(_))
     }
 
-    async fn conn(&self) -> Result<Conn, BackplaneError> {
+    async fn conn(&self) -> Result<Checked, BackplaneError> {
         let mut slot = self.conn.lock().await;
         if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+            if !c.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(c.clone());
+            }
+            tracing::warn!("redis command connection timed out or was lost; reconnecting");
+            herald_telemetry::metrics().reconnects.with("redis").inc();
         }
         let c = match &self.target {
             Target::Single(client) => {
@@ -262,6 +319,10 @@ impl RedisBackplane {
                 )
             }
             Target::Cluster(cluster) => Conn::Cluster(cluster.command_connection().await?),
+        };
+        let c = Checked {
+            conn: c,
+            broken: Arc::default(),
         };
         *slot = Some(c.clone());
         Ok(c)

@@ -305,3 +305,98 @@ async fn a_listener_that_has_received_nothing_yet_still_gets_what_was_published_
     }
     assert!(rx.try_recv().is_none(), "nothing older, nothing twice");
 }
+
+/// A TCP proxy to Redis whose existing connections can be frozen: bytes stop flowing both ways
+/// but nothing is closed — a silently dead connection (a dropped route, a hung peer). New
+/// connections still pass.
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    frozen: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl FreezingProxy {
+    async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>> = Arc::default();
+        let flags = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect("127.0.0.1:6379").await else {
+                    continue;
+                };
+                let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                flags.lock().unwrap().push(flag.clone());
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                for (mut r, mut w, flag) in [
+                    (
+                        Box::new(dr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                        flag.clone(),
+                    ),
+                    (Box::new(ur), Box::new(dw), flag.clone()),
+                ] {
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let Ok(n) = r.read(&mut buf).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            // Frozen: swallow everything from now on, close nothing.
+                            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                                continue;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { addr, frozen }
+    }
+
+    fn freeze_existing(&self) {
+        for f in self.frozen.lock().unwrap().iter() {
+            f.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silently_dead_subscriber_connection_is_found_by_the_probe_and_the_gap_filled() {
+    let proxy = FreezingProxy::start().await;
+    let direct = config(1000);
+    let mut through = direct.clone();
+    through.url = format!("redis://{}/", proxy.addr);
+    let node = RedisBackplane::connect(through).unwrap();
+    let publisher = RedisBackplane::connect(direct).unwrap();
+    let key = Audience::Key(KeyId::new(12).unwrap());
+    let (mb, mut rx) = Mailbox::new(1 << 20);
+    let _sub = node.subscribe(key, mb).await.unwrap();
+    publisher.publish(&[key], &event("before")).await.unwrap();
+    assert_eq!(next(&mut rx).await, "before");
+    // Every connection the node has goes silent: no FIN, no RST, no bytes.
+    proxy.freeze_existing();
+    for i in 0..5 {
+        publisher
+            .publish(&[key], &event(&format!("silent-{i}")))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next(&mut rx).await);
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("silent-{i}")).collect();
+    assert_eq!(got, want, "found by the probe, refilled once, in order");
+    publisher.publish(&[key], &event("after")).await.unwrap();
+    assert_eq!(next(&mut rx).await, "after");
+    assert!(rx.try_recv().is_none(), "no duplicates");
+}
