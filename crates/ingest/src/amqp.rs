@@ -456,7 +456,10 @@ impl Consumer {
                 (partition, r)
             }
         };
+        let inflight_gauge = &metrics().consumer_inflight;
         loop {
+            let queued: usize = waiting.values().map(VecDeque::len).sum();
+            inflight_gauge.set(i64::try_from(inflight.len() + queued).unwrap_or(i64::MAX));
             tokio::select! {
                 biased;
                 _ = stopped(shutdown) => {

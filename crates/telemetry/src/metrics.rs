@@ -153,6 +153,7 @@ pub struct Metrics {
     pub consumer_retries: Counter,
     pub consumer_deferred: Counter,
     pub consumer_lag: Gauge,
+    pub consumer_inflight: Gauge,
     pub dead_lettered: Family<Counter>,
     pub published: Family<Counter>,
     pub delivered: Family<Counter>,
@@ -175,6 +176,7 @@ impl Metrics {
             consumer_retries: Counter::default(),
             consumer_deferred: Counter::default(),
             consumer_lag: Gauge::default(),
+            consumer_inflight: Gauge::default(),
             dead_lettered: Family::new(Counter::default),
             published: Family::new(Counter::default),
             delivered: Family::new(Counter::default),
@@ -310,6 +312,17 @@ impl Metrics {
             o,
             "herald_consumer_lag_messages{{{base}}} {}",
             self.consumer_lag.get()
+        );
+        header(
+            o,
+            "herald_consumer_inflight_messages",
+            "gauge",
+            "Deliveries being processed or waiting behind another of their partition.",
+        );
+        let _ = writeln!(
+            o,
+            "herald_consumer_inflight_messages{{{base}}} {}",
+            self.consumer_inflight.get()
         );
         histogram(
             o,
