@@ -672,8 +672,9 @@ impl Session {
                 && requested < floor
             {
                 // Events the connection never had: published before it connected.
-                let (n, _) = self.replay_range(audience, requested, Some(floor)).await?;
-                sent += n;
+                sent += self
+                    .replay_history(audience, requested, Some(floor), true)
+                    .await?;
                 noted = true;
                 self.floors.set(audience, requested);
             }
@@ -683,70 +684,25 @@ impl Session {
             };
             // Live events up to here are already with the client: skip them when they arrive.
             self.delivered.set(audience, start);
-            sent += self.replay_after_delivered(audience, start, !noted).await?;
+            sent += self.replay_history(audience, start, None, !noted).await?;
         }
         Ok(sent)
     }
 
-    /// Sends the history of `audience` in `(after, until]` without moving `delivered` (these
-    /// events are older than what the connection already sent). Returns (sent, gap reported).
-    async fn replay_range(
+    /// Sends the history of `audience` after `after`, page by page. With `until`: only up to
+    /// it, without moving `delivered` (these events are older than what the connection already
+    /// sent). Without: through `render`, which skips what was delivered and moves `delivered`
+    /// along. `note`: count the resume (and report a gap) on the first page. Returns the number
+    /// of events sent.
+    async fn replay_history(
         &mut self,
         audience: Audience,
         after: Position,
         until: Option<Position>,
-    ) -> Result<(usize, bool), ReplayError> {
-        let page = self.gw.config.history_page;
-        let mut after = after;
-        let mut first = true;
-        let mut sent = 0;
-        let mut gap_reported = false;
-        loop {
-            let history = self
-                .gw
-                .backplane
-                .history(audience, Some(after), page)
-                .await
-                .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
-            let mut buf = String::new();
-            if first {
-                gap_reported = self.note_resume(audience, history.gap, &mut buf);
-            }
-            first = false;
-            let mut done = history.events.len() < page;
-            for d in &history.events {
-                if until.is_some_and(|u| d.position > u) {
-                    done = true;
-                    break;
-                }
-                if self.audiences.contains(&d.audience) && self.write(d, &mut buf) {
-                    sent += 1;
-                }
-                if buf.len() >= FRAME_TARGET {
-                    self.send(std::mem::take(&mut buf)).await?;
-                }
-            }
-            if !buf.is_empty() {
-                self.send(buf).await?;
-            }
-            match history.events.last() {
-                Some(d) if !done => after = d.position,
-                _ => break,
-            }
-        }
-        Ok((sent, gap_reported))
-    }
-
-    /// Sends what follows `start` (= `delivered`) and moves `delivered` along; `note`: count
-    /// the resume (and report a gap) here.
-    async fn replay_after_delivered(
-        &mut self,
-        audience: Audience,
-        start: Position,
         note: bool,
     ) -> Result<usize, ReplayError> {
         let page = self.gw.config.history_page;
-        let mut after = start;
+        let mut after = after;
         let mut first = note;
         let mut sent = 0;
         loop {
@@ -761,8 +717,17 @@ impl Session {
                 self.note_resume(audience, history.gap, &mut buf);
             }
             first = false;
+            let mut done = history.events.len() < page;
             for d in &history.events {
-                if self.render(d, &mut buf) {
+                let wrote = match until {
+                    Some(u) if d.position > u => {
+                        done = true;
+                        break;
+                    }
+                    Some(_) => self.audiences.contains(&d.audience) && self.write(d, &mut buf),
+                    None => self.render(d, &mut buf),
+                };
+                if wrote {
                     sent += 1;
                 }
                 if buf.len() >= FRAME_TARGET {
@@ -773,7 +738,7 @@ impl Session {
                 self.send(buf).await?;
             }
             match history.events.last() {
-                Some(d) if history.events.len() >= page => after = d.position,
+                Some(d) if !done => after = d.position,
                 _ => break,
             }
         }
@@ -781,8 +746,8 @@ impl Session {
     }
 
     /// Counts a resume and, when history no longer reaches back to the cursor, puts a
-    /// `ResumeGap` record in `buf`. Returns whether it did.
-    fn note_resume(&mut self, audience: Audience, gap: bool, buf: &mut String) -> bool {
+    /// `ResumeGap` record in `buf`.
+    fn note_resume(&mut self, audience: Audience, gap: bool, buf: &mut String) {
         let outcome = if gap { "gap" } else { "replayed" };
         metrics().resumes.with(outcome).inc();
         if gap {
@@ -790,7 +755,6 @@ impl Session {
             let cursor = self.delivered.encode();
             protocol::push_invocation(buf, "ResumeGap", &payload, Some(&cursor));
         }
-        gap
     }
 
     async fn send(&mut self, text: String) -> Step {
