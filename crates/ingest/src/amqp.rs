@@ -11,7 +11,7 @@ use crate::envelope::{self, MessageMeta};
 use crate::pipeline::{Failure, Pipeline};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use herald_domain::{EventId, Invalid};
+use herald_domain::{EventId, InboundEvent, Invalid};
 use herald_telemetry::metrics;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -308,6 +308,9 @@ pub struct ConsumerStats {
     pub reconnects: AtomicU64,
 }
 
+/// A delivery's body decoded into an event, or why it cannot be.
+type Decoded = Result<InboundEvent, Invalid>;
+
 /// The AMQP consumer role.
 pub struct Consumer {
     config: AmqpConfig,
@@ -447,12 +450,16 @@ impl Consumer {
         // different keys proceed in parallel. Each delivery is acked on its own when done.
         let mut inflight = FuturesUnordered::new();
         let mut busy: HashSet<String> = HashSet::new();
-        let mut waiting: HashMap<String, VecDeque<Delivery>> = HashMap::new();
-        let start = |delivery: Delivery, partition: String, shutdown: watch::Receiver<bool>| {
+        let mut waiting: HashMap<String, VecDeque<(Delivery, Decoded)>> = HashMap::new();
+        let start = |(delivery, decoded): (Delivery, Decoded),
+                     partition: String,
+                     shutdown: watch::Receiver<bool>| {
             let (channel, dead) = (&channel, &dead);
             async move {
                 let mut shutdown = shutdown;
-                let r = self.handle(delivery, channel, dead, &mut shutdown).await;
+                let r = self
+                    .handle(delivery, decoded, channel, dead, &mut shutdown)
+                    .await;
                 (partition, r)
             }
         };
@@ -500,11 +507,16 @@ impl Consumer {
                             ));
                         }
                     };
-                    let partition = envelope::partition(&delivery.data, &meta_of(&delivery));
+                    // Decoded once: the partition comes from the event the pipeline processes.
+                    let decoded = envelope::decode(&delivery.data, &meta_of(&delivery));
+                    let partition = envelope::partition(&decoded);
                     if busy.insert(partition.clone()) {
-                        inflight.push(start(delivery, partition, shutdown.clone()));
+                        inflight.push(start((delivery, decoded), partition, shutdown.clone()));
                     } else {
-                        waiting.entry(partition).or_default().push_back(delivery);
+                        waiting
+                            .entry(partition)
+                            .or_default()
+                            .push_back((delivery, decoded));
                     }
                 }
             }
@@ -516,6 +528,7 @@ impl Consumer {
     async fn handle(
         &self,
         mut delivery: Delivery,
+        decoded: Decoded,
         channel: &Channel,
         dead: &Channel,
         shutdown: &mut watch::Receiver<bool>,
@@ -524,11 +537,10 @@ impl Consumer {
             self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
             metrics().consumer_redeliveries.inc();
         }
-        let meta = meta_of(&delivery);
         let body: Arc<Vec<u8>> = Arc::new(std::mem::take(&mut delivery.data));
         let mut delay = RETRY_MIN;
         loop {
-            match self.attempt(&body, &meta).await {
+            match self.attempt(&decoded).await {
                 Ok(p) => {
                     ack(&delivery).await?;
                     self.stats.processed.fetch_add(1, Ordering::Relaxed);
@@ -605,15 +617,13 @@ impl Consumer {
 
     /// Runs the pipeline in its own task so that a bug (a panic) costs one message, which is
     /// dead-lettered, instead of the consumer.
-    async fn attempt(
-        &self,
-        body: &Arc<Vec<u8>>,
-        meta: &MessageMeta,
-    ) -> Result<crate::Processed, Failure> {
+    async fn attempt(&self, decoded: &Decoded) -> Result<crate::Processed, Failure> {
+        let event = match decoded {
+            Ok(event) => event.clone(),
+            Err(reason) => return Err(Failure::Rejected(reason.clone())),
+        };
         let pipeline = self.pipeline.clone();
-        let body = body.clone();
-        let meta = meta.clone();
-        match tokio::spawn(async move { pipeline.process(&body, &meta).await }).await {
+        match tokio::spawn(async move { pipeline.process_event(event).await }).await {
             Ok(r) => r,
             Err(e) if e.is_panic() => {
                 tracing::error!("processing a message panicked; dead-lettering it");

@@ -61,8 +61,8 @@ pub fn peek_event_id(body: &[u8]) -> Option<EventId> {
 /// Which messages must be processed in order relative to each other: those of one key (spend
 /// and key changes), of one task, and the global ones. Undecodable messages get a partition of
 /// their own (they are dead-lettered, order does not matter).
-pub fn partition(body: &[u8], meta: &MessageMeta) -> String {
-    match decode(body, meta) {
+pub fn partition(decoded: &Result<InboundEvent, Invalid>) -> String {
+    match decoded {
         Ok(ev) => match &ev.kind {
             InboundKind::SpendUpdated(s) => match &s.key {
                 KeyRef::Id(id) => format!("key:{id}"),
