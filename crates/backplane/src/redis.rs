@@ -172,19 +172,25 @@ fn gone(e: &redis::RedisError) -> bool {
     e.is_timeout() || e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
 }
 
+/// Marks `broken` when the command behind `fut` fails for want of a working connection.
+fn watched<'a, T: Send + 'a>(
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    fut: RedisFuture<'a, T>,
+) -> RedisFuture<'a, T> {
+    Box::pin(async move {
+        let r = fut.await;
+        if let Err(e) = &r
+            && gone(e)
+        {
+            broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    })
+}
+
 impl ConnectionLike for Checked {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let broken = self.broken.clone();
-        let fut = self.conn.req_packed_command(cmd);
-        Box::pin(async move {
-            let r = fut.await;
-            if let Err(e) = &r
-                && gone(e)
-            {
-                broken.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-            r
-        })
+        watched(self.broken.clone(), self.conn.req_packed_command(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -193,17 +199,10 @@ impl ConnectionLike for Checked {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let broken = self.broken.clone();
-        let fut = self.conn.req_packed_commands(cmd, offset, count);
-        Box::pin(async move {
-            let r = fut.await;
-            if let Err(e) = &r
-                && gone(e)
-            {
-                broken.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-            r
-        })
+        watched(
+            self.broken.clone(),
+            self.conn.req_packed_commands(cmd, offset, count),
+        )
     }
 
     fn get_db(&self) -> i64 {
