@@ -54,6 +54,26 @@ async fn collect(client: &mut SignalR, want: usize) -> HashMap<(String, String),
     seen
 }
 
+/// Waits (bounded) until the consumer has retried a held message at least twice.
+async fn wait_for_retries(consumer: &Herald) {
+    let mut retries = 0.0;
+    for _ in 0..100 {
+        retries = sample(
+            &consumer.metrics().await,
+            "herald_consumer_retries_total",
+            &[],
+        );
+        if retries >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        retries >= 2.0,
+        "the consumer retries with backoff: {retries}"
+    );
+}
+
 fn env_with(
     env: &[(&'static str, String)],
     set: &[(&'static str, String)],
@@ -111,22 +131,7 @@ async fn the_consumer_holds_messages_while_redis_is_down_and_delivers_each_once_
     publish_mt(&exchange, &masstransit_spend("r-3", 21, "1", "7"), &[]).await;
     // The consumer holds r-2 (unacked, retrying) and does not take r-3 past it: nothing more
     // is consumed, nothing dead-lettered, until Redis is back.
-    let mut retries = 0.0;
-    for _ in 0..100 {
-        retries = sample(
-            &consumer.metrics().await,
-            "herald_consumer_retries_total",
-            &[],
-        );
-        if retries >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        retries >= 2.0,
-        "the consumer retries with backoff: {retries}"
-    );
+    wait_for_retries(&consumer).await;
     let consumed = |m: &str| sample(m, "herald_messages_consumed_total", &[]);
     assert_eq!(
         consumed(&consumer.metrics().await),
@@ -201,22 +206,7 @@ async fn the_consumer_holds_messages_while_postgres_is_unreachable_and_resumes_b
     proxy.cut();
     publish_mt(&exchange, &masstransit_spend("p-2", 22, "7", "8"), &[]).await;
     publish_mt(&exchange, &masstransit_spend("p-3", 22, "1", "9"), &[]).await;
-    let mut retries = 0.0;
-    for _ in 0..100 {
-        retries = sample(
-            &consumer.metrics().await,
-            "herald_consumer_retries_total",
-            &[],
-        );
-        if retries >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        retries >= 2.0,
-        "the consumer retries with backoff: {retries}"
-    );
+    wait_for_retries(&consumer).await;
     assert_eq!(
         sample(
             &consumer.metrics().await,

@@ -233,6 +233,39 @@ pub fn delete_amqp_objects(queue: &str, namespace: &str) {
     .join();
 }
 
+/// Waits (bounded) until the node at `addr` answers `/readyz` with 200.
+pub async fn wait_ready_at(addr: SocketAddr) {
+    for _ in 0..200 {
+        if http(addr, "GET", "/readyz", &[], "").await.status == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("node at {addr} never became ready");
+}
+
+/// Creates a key through a node's admin API (`POST /v1/keys`, master key); returns the raw key.
+pub async fn create_key_at(addr: SocketAddr, id: i64, budget: Option<&str>) -> String {
+    let body = match budget {
+        Some(b) => format!(r#"{{"id":{id},"name":"k{id}","budget":{b}}}"#),
+        None => format!(r#"{{"id":{id},"name":"k{id}"}}"#),
+    };
+    let auth = format!("Bearer {MASTER_KEY}");
+    let r = http(
+        addr,
+        "POST",
+        "/v1/keys",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["key"].as_str().unwrap().to_string()
+}
+
 pub struct HttpResponse {
     pub status: u16,
     pub body: String,
@@ -280,35 +313,12 @@ pub async fn http(
 
 impl TestApp {
     pub async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if http(self.addr, "GET", "/readyz", &[], "").await.status == 200 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("node never became ready");
+        wait_ready_at(self.addr).await;
     }
 
     /// Creates a key through the admin API; returns the raw key.
     pub async fn create_key(&self, id: i64, budget: Option<&str>) -> String {
-        let body = match budget {
-            Some(b) => format!(r#"{{"id":{id},"name":"k{id}","budget":{b}}}"#),
-            None => format!(r#"{{"id":{id},"name":"k{id}"}}"#),
-        };
-        let auth = format!("Bearer {MASTER_KEY}");
-        let r = http(
-            self.addr,
-            "POST",
-            "/v1/keys",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            &body,
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.body);
-        r.json()["key"].as_str().unwrap().to_string()
+        create_key_at(self.addr, id, budget).await
     }
 
     /// The MassTransit fanout exchange of `event_type` this node is bound to.
@@ -348,6 +358,21 @@ pub fn masstransit_spend(message_id: &str, key_id: i64, amount: &str, total: &st
 
 /// Publishes many messages over one connection: (exchange, kind, routing key, body, content type).
 pub async fn amqp_publish_many(messages: &[(String, lapin::ExchangeKind, String, Vec<u8>, &str)]) {
+    amqp_publish_with_headers(messages, &[]).await;
+}
+
+/// `amqp_publish_many`, every message carrying `headers` (e.g. `traceparent`).
+pub async fn amqp_publish_with_headers(
+    messages: &[(String, lapin::ExchangeKind, String, Vec<u8>, &str)],
+    headers: &[(&str, &str)],
+) {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            (*k).into(),
+            lapin::types::AMQPValue::LongString((*v).into()),
+        );
+    }
     let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
         .await
         .unwrap();
@@ -375,7 +400,8 @@ pub async fn amqp_publish_many(messages: &[(String, lapin::ExchangeKind, String,
             body.as_slice(),
             BasicProperties::default()
                 .with_content_type((*content_type).into())
-                .with_delivery_mode(2),
+                .with_delivery_mode(2)
+                .with_headers(table.clone()),
         )
         .await
         .unwrap()

@@ -74,27 +74,11 @@ impl Herald {
     }
 
     pub async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if http(self.addr, "GET", "/readyz", &[], "").await.status == 200 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("herald never became ready");
+        wait_ready_at(self.addr).await;
     }
 
     pub async fn create_key(&self, id: i64, budget: &str) -> String {
-        let auth = format!("Bearer {MASTER_KEY}");
-        let r = http(
-            self.addr,
-            "POST",
-            "/v1/keys",
-            &[("Authorization", &auth)],
-            &format!(r#"{{"id":{id},"name":"k{id}","budget":{budget}}}"#),
-        )
-        .await;
-        assert_eq!(r.status, 201, "{}", r.body);
-        r.json()["key"].as_str().unwrap().to_owned()
+        create_key_at(self.addr, id, Some(budget)).await
     }
 }
 
@@ -158,44 +142,19 @@ pub async fn real_env(node: &str) -> RealEnv {
     }
 }
 
+/// Publishes a MassTransit envelope to the fanout `exchange` with AMQP `headers`.
 pub async fn publish_mt(exchange: &str, body: &str, headers: &[(&str, &str)]) {
-    let conn = lapin::Connection::connect(AMQP_URL, Default::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    ch.exchange_declare(
-        exchange.into(),
-        lapin::ExchangeKind::Fanout,
-        lapin::options::ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        Default::default(),
+    amqp_publish_with_headers(
+        &[(
+            exchange.to_owned(),
+            lapin::ExchangeKind::Fanout,
+            String::new(),
+            body.as_bytes().to_vec(),
+            "application/vnd.masstransit+json",
+        )],
+        headers,
     )
-    .await
-    .unwrap();
-    let mut table = lapin::types::FieldTable::default();
-    for (k, v) in headers {
-        table.insert(
-            (*k).into(),
-            lapin::types::AMQPValue::LongString((*v).into()),
-        );
-    }
-    ch.basic_publish(
-        exchange.into(),
-        "".into(),
-        Default::default(),
-        body.as_bytes(),
-        lapin::BasicProperties::default()
-            .with_content_type("application/vnd.masstransit+json".into())
-            .with_headers(table),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    let _ = conn.close(200, "done".into()).await;
+    .await;
 }
 
 /// A private redis-server on a free port, so stopping it disturbs no other test.
