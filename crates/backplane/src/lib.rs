@@ -20,7 +20,7 @@ use herald_domain::catalog::TaskState;
 use herald_domain::{Audience, OutboundEvent};
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackplaneError {
     /// Redis cannot be reached or failed; the caller retries later.
     #[error("backplane unavailable: {0}")]

@@ -50,31 +50,70 @@ impl RedisConfig {
     }
 }
 
-/// KEYS: stream, seen, last. ARGV: channel, event id, data, maxlen, ttl ms, last ttl ms.
-/// Returns the new stream id, or false when the event id was already published.
-/// Each entry records the id of the one before it (`p`), so a reader can tell whether entries
-/// between its cursor and the oldest entry still held were trimmed, expired or wiped.
+/// Appends a batch of (audience, event) entries in one call. Per entry, KEYS: stream, seen,
+/// last; ARGV: channel, event id, data, after three shared ARGV: maxlen, ttl ms, last ttl ms.
+/// An entry whose event id the audience has already published is skipped. Returns how many
+/// entries were appended.
+///
+/// Each entry records the id of the one before it in its stream (`p`), so a reader can tell
+/// whether entries between its cursor and the oldest entry still held were trimmed, expired or
+/// wiped. Within a batch the previous id is carried in a Lua table, and each audience's `last`,
+/// trim and expiry are written once at the end: an audience that gets many entries per batch
+/// (admin, global) pays for them once.
 const PUBLISH_SCRIPT: &str = r#"
-if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return false end
-local prev = redis.call('GET', KEYS[3]) or ''
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3], 'p', prev)
-redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
-local ms = tonumber(string.match(id, '^(%d+)'))
-redis.call('ZADD', KEYS[2], ms, ARGV[2])
-local keep = tonumber(ARGV[4]) * 2
-local n = redis.call('ZCARD', KEYS[2])
-if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1) end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
-redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[3])
-return id
+local maxlen, ttl, last_ttl = ARGV[1], ARGV[2], ARGV[3]
+local keep = tonumber(maxlen) * 2
+local prev, touched = {}, {}
+local added = 0
+for j = 0, #KEYS / 3 - 1 do
+  local stream, seen, last = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
+  local eid, data = ARGV[3 * j + 5], ARGV[3 * j + 6]
+  if not redis.call('ZSCORE', seen, eid) then
+    local p = prev[last]
+    if p == nil then
+      p = redis.call('GET', last) or ''
+      touched[#touched + 1] = j
+    end
+    local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', data, 'p', p)
+    prev[last] = id
+    redis.call('ZADD', seen, tonumber(string.match(id, '^(%d+)')), eid)
+    redis.call('PUBLISH', ARGV[3 * j + 4], id .. ' ' .. data)
+    added = added + 1
+  end
+end
+for _, j in ipairs(touched) do
+  local stream, seen, last = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
+  redis.call('SET', last, prev[last], 'PX', last_ttl)
+  local n = redis.call('ZCARD', seen)
+  if n > keep then redis.call('ZREMRANGEBYRANK', seen, 0, n - keep - 1) end
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', seen, ttl)
+end
+return added
 "#;
 
 /// The publish script for Redis Cluster: the channel shares the audience's hash tag, so the
-/// sharded publish stays on the script's slot.
+/// sharded publish stays on the script's slot. Each call carries one audience's entry.
 fn cluster_publish_script() -> String {
     PUBLISH_SCRIPT.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
 }
+
+/// Events handed to one batched publish call at most (each with its audiences' entries).
+const PUBLISH_BATCH: usize = 128;
+/// Batched publish calls in flight at once: one is collected while another runs.
+const PUBLISH_WORKERS: usize = 2;
+
+/// One audience's copy of an event, as the publish script takes it.
+struct Entry {
+    stream: String,
+    seen: String,
+    last: String,
+    channel: String,
+    event_id: String,
+    data: Arc<str>,
+}
+
+type PublishBatcher = herald_coalesce::Coalescer<Vec<Entry>, (), BackplaneError>;
 
 /// KEYS: task. ARGV: state JSON, terminal (1/0), ttl ms. Keeps a terminal state against a
 /// late non-terminal one.
@@ -216,6 +255,9 @@ pub struct RedisBackplane {
     names: Arc<Names>,
     script: Script,
     task_script: Script,
+    /// Single server: concurrent publishes share batched script calls. A cluster spreads an
+    /// event's audiences over shards, so there each audience is its own call.
+    batcher: Option<PublishBatcher>,
     conn: Mutex<Option<Checked>>,
     router: Arc<Router>,
     commands: mpsc::UnboundedSender<Command>,
@@ -256,15 +298,33 @@ impl RedisBackplane {
             Target::Single(_) => Script::new(PUBLISH_SCRIPT),
             Target::Cluster(_) => Script::new(&cluster_publish_script()),
         };
-        let bp = Arc::new(Self {
-            target: target.clone(),
-            config: config.clone(),
-            names: names.clone(),
-            script,
-            task_script: Script::new(TASK_SCRIPT),
-            conn: Mutex::new(None),
-            router: router.clone(),
-            commands: tx,
+        let batched = matches!(target, Target::Single(_));
+        let bp = Arc::new_cyclic(|me: &std::sync::Weak<Self>| {
+            let me = me.clone();
+            Self {
+                target: target.clone(),
+                config: config.clone(),
+                names: names.clone(),
+                script,
+                task_script: Script::new(TASK_SCRIPT),
+                batcher: batched.then(|| {
+                    PublishBatcher::spawn(PUBLISH_WORKERS, PUBLISH_BATCH, move |events| {
+                        let me = me.clone();
+                        async move {
+                            let bp = me
+                                .upgrade()
+                                .ok_or_else(|| unavailable("backplane dropped"))?;
+                            let n = events.len();
+                            let entries: Vec<Entry> = events.into_iter().flatten().collect();
+                            bp.run_publish_script(&entries).await?;
+                            Ok(vec![(); n])
+                        }
+                    })
+                }),
+                conn: Mutex::new(None),
+                router: router.clone(),
+                commands: tx,
+            }
         });
         match target {
             Target::Single(client) => {
@@ -325,6 +385,28 @@ impl RedisBackplane {
         };
         *slot = Some(c.clone());
         Ok(c)
+    }
+
+    /// One call of the publish script on `entries` (which must share a slot on a cluster).
+    async fn run_publish_script(&self, entries: &[Entry]) -> Result<(), BackplaneError> {
+        let mut conn = self.conn().await?;
+        let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
+        // Long enough that a client coming back a day later still learns it missed events.
+        let last_ttl_ms = ttl_ms.max(24 * 3600 * 1000);
+        let mut inv = self.script.prepare_invoke();
+        inv.arg(self.config.max_len).arg(ttl_ms).arg(last_ttl_ms);
+        for e in entries {
+            inv.key(&e.stream)
+                .key(&e.seen)
+                .key(&e.last)
+                .arg(&e.channel)
+                .arg(&e.event_id)
+                .arg(&*e.data);
+        }
+        inv.invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     /// `CLUSTER SLOTS` from any node (cluster only).
@@ -465,32 +547,32 @@ impl Backplane for RedisBackplane {
         audiences: &[Audience],
         event: &OutboundEvent,
     ) -> Result<(), BackplaneError> {
-        let data = serde_json::to_string(event).map_err(unavailable)?;
-        let conn = self.conn().await?;
-        let max_len = self.config.max_len.to_string();
-        let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
-        // Long enough that a client coming back a day later still learns it missed events.
-        let last_ttl_ms = ttl_ms.max(24 * 3600 * 1000).to_string();
-        let ttl_ms = ttl_ms.to_string();
-        // Concurrent invocations are pipelined on the multiplexed connection.
-        let calls = audiences.iter().map(|&a| {
-            let mut conn = conn.clone();
-            let mut inv = self.script.prepare_invoke();
-            inv.key(self.names.stream(a))
-                .key(self.names.seen(a))
-                .key(self.names.last(a))
-                .arg(self.names.channel(a))
-                .arg(event.event_id.as_str())
-                .arg(&data)
-                .arg(&max_len)
-                .arg(&ttl_ms)
-                .arg(&last_ttl_ms);
-            async move { inv.invoke_async::<Value>(&mut conn).await }
-        });
-        for r in futures_util::future::join_all(calls).await {
-            r.map_err(unavailable)?;
+        let data: Arc<str> = serde_json::to_string(event).map_err(unavailable)?.into();
+        let entries: Vec<Entry> = audiences
+            .iter()
+            .map(|&a| Entry {
+                stream: self.names.stream(a),
+                seen: self.names.seen(a),
+                last: self.names.last(a),
+                channel: self.names.channel(a),
+                event_id: event.event_id.as_str().to_owned(),
+                data: data.clone(),
+            })
+            .collect();
+        match &self.batcher {
+            Some(batcher) => batcher
+                .call(entries)
+                .await
+                .map_err(|_| unavailable("publish batch was dropped"))?,
+            None => {
+                // Concurrent invocations are pipelined on the cluster connection.
+                let calls = entries.chunks(1).map(|one| self.run_publish_script(one));
+                for r in futures_util::future::join_all(calls).await {
+                    r?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     async fn subscribe(

@@ -1,0 +1,181 @@
+//! Group commit. Callers that each need one small write (a row, a Redis script call) hand it to
+//! a [`Coalescer`]; its workers take whatever requests are waiting — one, or hundreds under
+//! load — and serve them with one batched call. An idle system pays no extra latency (a lone
+//! request goes out at once); a busy one pays one round trip per batch instead of per request.
+//!
+//! The batch function answers every request of a batch, in order, or fails the whole batch
+//! with one error that each caller receives (a dependency being down fails everything anyway).
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+type Reply<Resp, E> = oneshot::Sender<Result<Resp, E>>;
+/// The request queue, shared by the workers.
+type Queue<Req, Resp, E> = Arc<Mutex<mpsc::UnboundedReceiver<(Req, Reply<Resp, E>)>>>;
+
+/// A handle for submitting requests; clone it freely. The workers stop when every handle is
+/// dropped.
+pub struct Coalescer<Req, Resp, E> {
+    tx: mpsc::UnboundedSender<(Req, Reply<Resp, E>)>,
+}
+
+impl<Req, Resp, E> Clone for Coalescer<Req, Resp, E> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// A request got no answer: the workers are gone (the runtime is shutting down), a batch call
+/// panicked, or the batch function returned fewer answers than requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoAnswer;
+
+impl<Req, Resp, E> Coalescer<Req, Resp, E>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    E: Clone + Send + 'static,
+{
+    /// Starts `workers` tasks (at least one) on the current runtime, each running `batch` on
+    /// up to `max_batch` requests at a time; several workers let one batch be prepared while
+    /// another is in flight.
+    pub fn spawn<F, Fut>(workers: usize, max_batch: usize, batch: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Resp>, E>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        let batch = Arc::new(batch);
+        for _ in 0..workers.max(1) {
+            tokio::spawn(worker(rx.clone(), batch.clone(), max_batch.max(1)));
+        }
+        Self { tx }
+    }
+
+    /// Submits one request and waits for its answer.
+    pub async fn call(&self, req: Req) -> Result<Result<Resp, E>, NoAnswer> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((req, reply)).map_err(|_| NoAnswer)?;
+        answer.await.map_err(|_| NoAnswer)
+    }
+}
+
+async fn worker<Req, Resp, E, F, Fut>(
+    rx: Queue<Req, Resp, E>,
+    batch: Arc<F>,
+    max_batch: usize,
+) where
+    E: Clone,
+    F: Fn(Vec<Req>) -> Fut,
+    Fut: Future<Output = Result<Vec<Resp>, E>>,
+{
+    let mut taken = Vec::with_capacity(max_batch);
+    loop {
+        {
+            // Only the worker holding the lock collects; the others wait their turn, so each
+            // batch is everything that queued up while the previous one was being collected.
+            let mut rx = rx.lock().await;
+            if rx.recv_many(&mut taken, max_batch).await == 0 {
+                return;
+            }
+        }
+        let (reqs, replies): (Vec<Req>, Vec<Reply<Resp, E>>) = taken.drain(..).unzip();
+        match batch(reqs).await {
+            Ok(answers) => {
+                // A missing answer drops its reply sender: that caller gets `NoAnswer`, never
+                // another request's answer.
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_lone_request_is_served_at_once() {
+        let c = Coalescer::spawn(1, 8, |reqs: Vec<u32>| async move {
+            Ok::<_, String>(reqs.into_iter().map(|r| r * 2).collect())
+        });
+        assert_eq!(c.call(21).await, Ok(Ok(42)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_batches_and_each_gets_its_own_answer() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let c = Coalescer::spawn(1, 64, move |reqs: Vec<u32>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::task::yield_now().await;
+                Ok::<_, String>(reqs.into_iter().map(|r| r + 1000).collect())
+            }
+        });
+        let answers = futures_join((0..200u32).map(|i| {
+            let c = c.clone();
+            async move { c.call(i).await }
+        }))
+        .await;
+        for (i, a) in answers.into_iter().enumerate() {
+            assert_eq!(a, Ok(Ok(i as u32 + 1000)));
+        }
+        let n = calls.load(Ordering::SeqCst);
+        assert!(n < 200, "200 concurrent requests took {n} batch calls");
+        assert!(n >= 200 / 64, "a batch exceeded the limit: {n} calls");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_requests_and_later_ones_still_work() {
+        let fail = Arc::new(AtomicUsize::new(1));
+        let f = fail.clone();
+        let c = Coalescer::spawn(2, 8, move |reqs: Vec<u32>| {
+            let failing = f.fetch_sub(1, Ordering::SeqCst) == 1;
+            async move {
+                if failing {
+                    Err("down".to_owned())
+                } else {
+                    Ok(reqs)
+                }
+            }
+        });
+        assert_eq!(c.call(1).await, Ok(Err("down".to_owned())));
+        assert_eq!(c.call(2).await, Ok(Ok(2)));
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_leaves_the_unanswered_caller_with_an_error_not_a_wrong_value() {
+        let c = Coalescer::spawn(1, 8, |_reqs: Vec<u32>| async move {
+            Ok::<Vec<u32>, String>(Vec::new())
+        });
+        assert_eq!(c.call(5).await, Err(NoAnswer));
+    }
+
+    /// Runs the futures concurrently on this task (no extra dependency for `join_all`).
+    async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = fs.map(tokio::spawn).collect();
+        let mut out = Vec::with_capacity(handles.len());
+        for h in handles {
+            out.push(h.await.expect("task"));
+        }
+        out
+    }
+}
