@@ -221,5 +221,11 @@ async fn connect(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| session::run(socket, gw, setup))
+        // The session gets a task of its own: axum's upgrade task keeps its own state (the
+        // upgrade, the config, this closure) for as long as the callback's future runs, and
+        // every idle connection would carry it. This way it ends right after the upgrade.
+        .on_upgrade(move |socket| {
+            tokio::spawn(session::run(socket, gw, setup));
+            std::future::ready(())
+        })
 }

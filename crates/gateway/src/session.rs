@@ -7,11 +7,14 @@ use crate::cursor::Cursor;
 use crate::hubs::{Hub, HubMethod};
 use crate::protocol::{self, ClientMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
 use herald_backplane::{Delivery, MailboxReceiver, Position, Received, Subscription};
 use herald_domain::{Audience, KeyHash, KeyId};
 use herald_telemetry::metrics;
 use herald_telemetry::metrics::{Counter, Gauge};
 use serde_json::Value;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -36,6 +39,11 @@ pub(crate) struct Setup {
     /// everything after it live (or by replay).
     pub floors: Cursor,
 }
+
+/// A future on the heap. Every idle connection's task holds the largest state of its call
+/// tree inline, so rare steps (handshake, resume, closing, key re-check, task lookup) are
+/// boxed at their call: they are allocated only while they run.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The session is over (socket gone or closed by us).
 struct Stop;
@@ -148,9 +156,11 @@ impl Drop for Counted {
     }
 }
 
-pub(crate) async fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) {
+/// The connection's future. Not an `async fn`: the session is built here, so the future holds
+/// it once instead of also keeping the arguments it was built from.
+pub(crate) fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) -> impl Future<Output = ()> + Send {
     gw.connections.fetch_add(1, Ordering::Relaxed);
-    let _counted = Counted(gw.clone());
+    let counted = Counted(gw.clone());
     let now = Instant::now();
     let (key_expires, own_key) = match &setup.principal {
         Principal::Key(k) => (
@@ -166,6 +176,7 @@ pub(crate) async fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) {
         Principal::Key(k) => Some(k.id.get()),
         Principal::Master => None,
     };
+    let resume = setup.resume;
     let mut s = Session {
         ws,
         hub: setup.hub,
@@ -189,14 +200,17 @@ pub(crate) async fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) {
         delivered_total: metrics().delivered.with(setup.hub.name),
         gw,
     };
-    tracing::debug!(connection = %s.connection_id, hub = s.hub.name, key_id, "connected");
-    let _ = s.serve(setup.resume).await;
-    tracing::debug!(connection = %s.connection_id, hub = s.hub.name, key_id, "disconnected");
+    async move {
+        let _counted = counted;
+        tracing::debug!(connection = %s.connection_id, hub = s.hub.name, key_id, "connected");
+        let _ = s.serve(resume).await;
+        tracing::debug!(connection = %s.connection_id, hub = s.hub.name, key_id, "disconnected");
+    }
 }
 
 impl Session {
     async fn serve(&mut self, resume: Option<Cursor>) -> Step {
-        self.handshake().await?;
+        Box::pin(self.handshake()).await?;
         let _live = Live::open(self.hub.name);
         if let Some(cursor) = resume {
             // Nothing was delivered yet: start each resumed audience at the cursor, so the
@@ -301,7 +315,9 @@ impl Session {
                     }
                     self.drain_at = Some(later(Instant::now(), delay));
                 }
-                msg = self.ws.recv() => self.on_frame(msg).await?,
+                // `StreamExt::next` (and `SinkExt::send` in `send`) rather than axum's `recv`
+                // and `send`: smaller futures, and this loop's is held by every idle connection.
+                msg = self.ws.next() => self.on_frame(msg).await?,
                 r = self.receiver.recv() => self.on_mailbox(r).await?,
                 () = &mut timer => self.on_timer().await?,
             }
@@ -350,7 +366,7 @@ impl Session {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
             Some(Ok(Message::Close(_))) => {
                 // Lets the transport flush its close reply.
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.recv()).await;
+                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, self.ws.recv())).await;
                 Err(Stop)
             }
         }
@@ -374,7 +390,9 @@ impl Session {
         while let Some((record, tail)) = protocol::take_record(rest) {
             rest = tail;
             if !record.iter().all(u8::is_ascii_whitespace) {
-                self.on_record(record).await?;
+                // Boxed: clients send little (pings, a few invocations), and a record's handling
+                // (parsing, a hub method) is larger than the rest of the idle loop.
+                Box::pin(self.on_record(record)).await?;
             }
         }
         if !rest.is_empty() {
@@ -433,7 +451,7 @@ impl Session {
                 _ => Err("Resume expects one argument: the cursor string.".to_owned()),
             },
             Some(HubMethod::SubscribeToTask) => match arguments.as_slice() {
-                [Value::String(task)] => self.subscribe_to_task(task).await,
+                [Value::String(task)] => Box::pin(self.subscribe_to_task(task)).await,
                 _ => Err("SubscribeToTask expects one argument: the task id.".to_owned()),
             },
             Some(m @ (HubMethod::SubscribeToVirtualKey | HubMethod::UnsubscribeFromVirtualKey)) => {
@@ -616,7 +634,7 @@ impl Session {
                     self.send(buf).await?;
                 }
                 if std::mem::take(&mut self.recheck_key) {
-                    self.recheck_key().await?;
+                    Box::pin(self.recheck_key()).await?;
                 }
                 Ok(())
             }
@@ -659,7 +677,11 @@ impl Session {
     /// not delivered, in stream order within each part: first those between `from` and the
     /// connection's floor (older than anything it sent live), then those after what it
     /// delivered that have not arrived live yet. Returns the number of events sent.
-    async fn replay(&mut self, from: &Cursor) -> Result<usize, ReplayError> {
+    fn replay<'a>(&'a mut self, from: &'a Cursor) -> Boxed<'a, Result<usize, ReplayError>> {
+        Box::pin(self.replay_now(from))
+    }
+
+    async fn replay_now(&mut self, from: &Cursor) -> Result<usize, ReplayError> {
         let mut sent = 0;
         for i in 0..self.audiences.len() {
             let audience = self.audiences[i];
@@ -758,8 +780,7 @@ impl Session {
     }
 
     async fn send(&mut self, text: String) -> Step {
-        self.ws
-            .send(Message::Text(text.into()))
+        SinkExt::send(&mut self.ws, Message::Text(text.into()))
             .await
             .map_err(|_| Stop)?;
         self.last_sent = Instant::now();
@@ -767,7 +788,11 @@ impl Session {
     }
 
     /// Sends a SignalR Close and ends the WebSocket. Always `Err(Stop)`: the session is over.
-    async fn close(&mut self, error: Option<&str>, allow_reconnect: bool) -> Step {
+    fn close<'a>(&'a mut self, error: Option<&'a str>, allow_reconnect: bool) -> Boxed<'a, Step> {
+        Box::pin(self.close_now(error, allow_reconnect))
+    }
+
+    async fn close_now(&mut self, error: Option<&str>, allow_reconnect: bool) -> Step {
         tracing::debug!(connection = %self.connection_id, error, allow_reconnect, "closing");
         let record = protocol::close(error, allow_reconnect);
         let _ = tokio::time::timeout(CLOSE_GRACE, self.send(record)).await;
@@ -799,6 +824,18 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every idle connection holds this future (in its task) for as long as it is open, so
+    /// its size is per-connection memory (DESIGN §9). Rare steps are boxed to keep it so; this
+    /// fails when a change makes it grow again.
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        fn future_size<F>(_: impl FnOnce(WebSocket, Arc<Inner>, Setup) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let size = future_size(run);
+        assert!(size <= 1500, "session future is {size} bytes");
+    }
 
     #[test]
     fn drain_delays_fall_inside_the_window_and_spread_over_it() {
