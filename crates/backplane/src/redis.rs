@@ -104,6 +104,7 @@ const PUBLISH_BATCH: usize = 128;
 const PUBLISH_WORKERS: usize = 2;
 
 /// One audience's copy of an event, as the publish script takes it.
+#[derive(Clone)]
 struct Entry {
     stream: String,
     seen: String,
@@ -314,10 +315,8 @@ impl RedisBackplane {
                             let bp = me
                                 .upgrade()
                                 .ok_or_else(|| unavailable("backplane dropped"))?;
-                            let n = events.len();
-                            let entries: Vec<Entry> = events.into_iter().flatten().collect();
-                            bp.run_publish_script(&entries).await?;
-                            Ok(vec![(); n])
+                            bp.run_publish_script(events.iter().flatten()).await?;
+                            Ok(vec![(); events.len()])
                         }
                     })
                 }),
@@ -388,7 +387,10 @@ impl RedisBackplane {
     }
 
     /// One call of the publish script on `entries` (which must share a slot on a cluster).
-    async fn run_publish_script(&self, entries: &[Entry]) -> Result<(), BackplaneError> {
+    async fn run_publish_script(
+        &self,
+        entries: impl Iterator<Item = &Entry>,
+    ) -> Result<(), BackplaneError> {
         let mut conn = self.conn().await?;
         let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
         // Long enough that a client coming back a day later still learns it missed events.
@@ -566,7 +568,9 @@ impl Backplane for RedisBackplane {
                 .map_err(|_| unavailable("publish batch was dropped"))?,
             None => {
                 // Concurrent invocations are pipelined on the cluster connection.
-                let calls = entries.chunks(1).map(|one| self.run_publish_script(one));
+                let calls = entries
+                    .iter()
+                    .map(|one| self.run_publish_script(std::iter::once(one)));
                 for r in futures_util::future::join_all(calls).await {
                     r?;
                 }

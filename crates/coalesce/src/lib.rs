@@ -3,8 +3,10 @@
 //! load — and serve them with one batched call. An idle system pays no extra latency (a lone
 //! request goes out at once); a busy one pays one round trip per batch instead of per request.
 //!
-//! The batch function answers every request of a batch, in order, or fails the whole batch
-//! with one error that each caller receives (a dependency being down fails everything anyway).
+//! The batch function answers every request of a batch, in order, or fails the whole batch.
+//! A failed batch of several requests is retried one request at a time, so one request the
+//! dependency refuses (bad data) fails alone instead of taking its batch-mates with it; when
+//! the dependency is down, each of those calls fails fast anyway.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -36,7 +38,7 @@ pub struct NoAnswer;
 
 impl<Req, Resp, E> Coalescer<Req, Resp, E>
 where
-    Req: Send + 'static,
+    Req: Clone + Send + Sync + 'static,
     Resp: Send + 'static,
     E: Clone + Send + 'static,
 {
@@ -45,7 +47,7 @@ where
     /// another is in flight.
     pub fn spawn<F, Fut>(workers: usize, max_batch: usize, batch: F) -> Self
     where
-        F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<[Req]>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Resp>, E>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -65,13 +67,10 @@ where
     }
 }
 
-async fn worker<Req, Resp, E, F, Fut>(
-    rx: Queue<Req, Resp, E>,
-    batch: Arc<F>,
-    max_batch: usize,
-) where
-    E: Clone,
-    F: Fn(Vec<Req>) -> Fut,
+async fn worker<Req, Resp, E, F, Fut>(rx: Queue<Req, Resp, E>, batch: Arc<F>, max_batch: usize)
+where
+    Req: Clone,
+    F: Fn(Arc<[Req]>) -> Fut,
     Fut: Future<Output = Result<Vec<Resp>, E>>,
 {
     let mut taken = Vec::with_capacity(max_batch);
@@ -85,20 +84,34 @@ async fn worker<Req, Resp, E, F, Fut>(
             }
         }
         let (reqs, replies): (Vec<Req>, Vec<Reply<Resp, E>>) = taken.drain(..).unzip();
-        match batch(reqs).await {
-            Ok(answers) => {
-                // A missing answer drops its reply sender: that caller gets `NoAnswer`, never
-                // another request's answer.
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
+        let reqs: Arc<[Req]> = reqs.into();
+        match batch(reqs.clone()).await {
+            Ok(answers) => answer(replies, answers),
+            Err(e) if reqs.len() == 1 => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
                 }
             }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+            Err(_) => {
+                for (req, reply) in reqs.iter().zip(replies) {
+                    let alone: Arc<[Req]> = Arc::new([req.clone()]);
+                    match batch(alone).await {
+                        Ok(answers) => answer(vec![reply], answers),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+/// Hands each caller its answer. A missing answer drops its reply sender: that caller gets
+/// `NoAnswer`, never another request's answer.
+fn answer<Resp, E>(replies: Vec<Reply<Resp, E>>, answers: Vec<Resp>) {
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(Ok(answer));
     }
 }
 
@@ -109,8 +122,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_request_is_served_at_once() {
-        let c = Coalescer::spawn(1, 8, |reqs: Vec<u32>| async move {
-            Ok::<_, String>(reqs.into_iter().map(|r| r * 2).collect())
+        let c = Coalescer::spawn(1, 8, |reqs: Arc<[u32]>| async move {
+            Ok::<_, String>(reqs.iter().map(|r| r * 2).collect())
         });
         assert_eq!(c.call(21).await, Ok(Ok(42)));
     }
@@ -119,11 +132,11 @@ mod tests {
     async fn concurrent_requests_share_batches_and_each_gets_its_own_answer() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let c = Coalescer::spawn(1, 64, move |reqs: Vec<u32>| {
+        let c = Coalescer::spawn(1, 64, move |reqs: Arc<[u32]>| {
             counted.fetch_add(1, Ordering::SeqCst);
             async move {
                 tokio::task::yield_now().await;
-                Ok::<_, String>(reqs.into_iter().map(|r| r + 1000).collect())
+                Ok::<_, String>(reqs.iter().map(|r| r + 1000).collect())
             }
         });
         let answers = futures_join((0..200u32).map(|i| {
@@ -143,13 +156,13 @@ mod tests {
     async fn a_failed_batch_fails_each_of_its_requests_and_later_ones_still_work() {
         let fail = Arc::new(AtomicUsize::new(1));
         let f = fail.clone();
-        let c = Coalescer::spawn(2, 8, move |reqs: Vec<u32>| {
+        let c = Coalescer::spawn(2, 8, move |reqs: Arc<[u32]>| {
             let failing = f.fetch_sub(1, Ordering::SeqCst) == 1;
             async move {
                 if failing {
                     Err("down".to_owned())
                 } else {
-                    Ok(reqs)
+                    Ok(reqs.to_vec())
                 }
             }
         });
@@ -158,8 +171,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_its_dependency_refuses_fails_alone_not_its_whole_batch() {
+        let c = Coalescer::spawn(1, 64, |reqs: Arc<[u32]>| async move {
+            tokio::task::yield_now().await;
+            if reqs.contains(&13) {
+                Err(format!("13 is refused (batch of {})", reqs.len()))
+            } else {
+                Ok(reqs.to_vec())
+            }
+        });
+        let answers = futures_join((0..40u32).map(|i| {
+            let c = c.clone();
+            async move { (i, c.call(i).await) }
+        }))
+        .await;
+        for (i, a) in answers {
+            if i == 13 {
+                assert_eq!(a, Ok(Err("13 is refused (batch of 1)".to_owned())));
+            } else {
+                assert_eq!(a, Ok(Ok(i)), "request {i}");
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn a_short_answer_leaves_the_unanswered_caller_with_an_error_not_a_wrong_value() {
-        let c = Coalescer::spawn(1, 8, |_reqs: Vec<u32>| async move {
+        let c = Coalescer::spawn(1, 8, |_reqs: Arc<[u32]>| async move {
             Ok::<Vec<u32>, String>(Vec::new())
         });
         assert_eq!(c.call(5).await, Err(NoAnswer));

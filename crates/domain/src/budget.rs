@@ -183,6 +183,30 @@ impl Change {
     }
 }
 
+/// Applies `change` (decided for `obs`) to the period's `state`, as the store records it.
+pub fn apply(state: &mut Vec<ThresholdState>, obs: &SpendObservation, change: &Change) {
+    let threshold = change.threshold();
+    let generation = match change {
+        Change::Rearm { .. } => {
+            state
+                .iter_mut()
+                .filter(|s| s.threshold == threshold)
+                .for_each(|s| s.armed = true);
+            return;
+        }
+        Change::Mark { generation, .. } => *generation,
+        Change::Fire(alert) => alert.generation,
+    };
+    state.retain(|s| s.threshold != threshold);
+    state.push(ThresholdState {
+        threshold,
+        generation,
+        armed: false,
+        source_time: obs.source_time,
+        budget: obs.budget,
+    });
+}
+
 /// Decides what `obs` does to the thresholds of its period, given their `state`.
 pub fn decide(obs: &SpendObservation, state: &[ThresholdState]) -> Vec<Change> {
     if obs.budget <= Decimal::ZERO {

@@ -97,29 +97,10 @@ impl Store for MemoryStore {
             .or_default();
         let mut fired = Vec::new();
         for change in budget::decide(obs, state) {
-            let threshold = change.threshold();
-            let generation = match &change {
-                Change::Rearm { .. } => {
-                    state
-                        .iter_mut()
-                        .filter(|s| s.threshold == threshold)
-                        .for_each(|s| s.armed = true);
-                    continue;
-                }
-                Change::Mark { generation, .. } => *generation,
-                Change::Fire(alert) => {
-                    fired.push(OutboundEvent::budget_alert(alert, None));
-                    alert.generation
-                }
-            };
-            state.retain(|s| s.threshold != threshold);
-            state.push(ThresholdState {
-                threshold,
-                generation,
-                armed: false,
-                source_time: obs.source_time,
-                budget: obs.budget,
-            });
+            budget::apply(state, obs, &change);
+            if let Change::Fire(alert) = &change {
+                fired.push(OutboundEvent::budget_alert(alert, None));
+            }
         }
         let pending = inner.pending.entry(obs.key_id).or_default();
         pending.extend(fired);

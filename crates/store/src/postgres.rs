@@ -1,6 +1,11 @@
-//! PostgreSQL store. Budget evaluation runs in one transaction per observation under a
-//! per-key advisory lock, and the unique keys of `budget_alerts` make firing exactly-once even
-//! if two consumers race past the lock (e.g. after a failover).
+//! PostgreSQL store. Budget evaluation runs under per-key advisory locks, and the unique keys
+//! of `budget_alerts` make firing exactly-once even if two consumers race past the lock (e.g.
+//! after a failover).
+//!
+//! The consumer's hot path — key lookup, spend total, budget evaluation, one of each per
+//! SpendUpdated — is group-committed: concurrent calls are collected and served by one
+//! statement (or one transaction) per batch, so the consumer's rate is not bounded by one
+//! round trip per message per step. Statements are prepared once per connection.
 use crate::{PendingAlert, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -19,9 +24,27 @@ const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_
 const BUDGET_LOCK: i32 = 0x4845_5241; // "HERA"
 const MIGRATION_LOCK: i64 = 0x4845_5241_4c44; // "HERALD"
 
+/// Calls collected into one statement or transaction at most.
+const BATCH: usize = 256;
+/// Batches of one kind in flight at once.
+const BATCH_WORKERS: usize = 2;
+
+/// A spend total to record: `record_spend`'s arguments.
+#[derive(Debug, Clone)]
+struct Spend {
+    id: KeyId,
+    total: Decimal,
+    at: DateTime<Utc>,
+}
+
+type Batcher<Req, Resp> = herald_coalesce::Coalescer<Req, Resp, StoreError>;
+
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    keys: Batcher<KeyId, Option<VirtualKey>>,
+    spends: Batcher<Spend, ()>,
+    budgets: Batcher<SpendObservation, Vec<PendingAlert>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -88,15 +111,242 @@ pub async fn migrate(url: &str) -> Result<Vec<i32>, StoreError> {
 impl PostgresStore {
     /// A pool of up to `max_connections`; connections are made lazily, so this succeeds while
     /// the database is down (readiness reports it).
+    ///
+    /// Must be called inside a Tokio runtime: the batching workers are spawned on it.
     pub fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
+        let pool = pool(url, max_connections)?;
+        let p = pool.clone();
+        let keys = Batcher::spawn(BATCH_WORKERS, BATCH, move |ids| {
+            let p = p.clone();
+            async move { keys_by_id(&p, &ids).await }
+        });
+        let p = pool.clone();
+        let spends = Batcher::spawn(BATCH_WORKERS, BATCH, move |spends| {
+            let p = p.clone();
+            async move { record_spends(&p, &spends).await }
+        });
+        let p = pool.clone();
+        let budgets = Batcher::spawn(BATCH_WORKERS, BATCH, move |observations| {
+            let p = p.clone();
+            async move { evaluate_budgets(&p, &observations).await }
+        });
         Ok(Self {
-            pool: pool(url, max_connections)?,
+            pool,
+            keys,
+            spends,
+            budgets,
         })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(unavailable)
+        client(&self.pool).await
     }
+}
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get().await.map_err(unavailable)
+}
+
+/// A batch call's answer, or why it has none.
+fn batched<T>(
+    answer: Result<Result<T, StoreError>, herald_coalesce::NoAnswer>,
+) -> Result<T, StoreError> {
+    answer.map_err(|_| unavailable("the store's batch worker stopped"))?
+}
+
+/// The keys with these ids, in the order asked.
+async fn keys_by_id(pool: &Pool, ids: &[KeyId]) -> Result<Vec<Option<VirtualKey>>, StoreError> {
+    let c = client(pool).await?;
+    let sql = format!("SELECT {KEY_COLUMNS} FROM virtual_keys WHERE id = ANY($1)");
+    let stmt = c.prepare_cached(&sql).await.map_err(unavailable)?;
+    let wanted: Vec<i64> = ids.iter().map(|k| k.get()).collect();
+    let rows = c.query(&stmt, &[&wanted]).await.map_err(unavailable)?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let key = key_from_row(row)?;
+        found.insert(key.id, key);
+    }
+    Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+}
+
+/// Records each spend total unless a newer one is stored; within the batch, per key, the
+/// newest by source time wins (the latest of equals), as if they had been recorded in order.
+async fn record_spends(pool: &Pool, spends: &[Spend]) -> Result<Vec<()>, StoreError> {
+    let mut newest: Vec<&Spend> = Vec::with_capacity(spends.len());
+    for s in spends {
+        match newest.iter_mut().find(|n| n.id == s.id) {
+            Some(n) if n.at <= s.at => *n = s,
+            Some(_) => {}
+            None => newest.push(s),
+        }
+    }
+    let ids: Vec<i64> = newest.iter().map(|s| s.id.get()).collect();
+    let totals: Vec<Decimal> = newest.iter().map(|s| s.total).collect();
+    let ats: Vec<DateTime<Utc>> = newest.iter().map(|s| s.at).collect();
+    let c = client(pool).await?;
+    let stmt = c
+        .prepare_cached(
+            "UPDATE virtual_keys v SET current_spend = u.total, spend_at = u.at, updated_at = now()
+             FROM unnest($1::int8[], $2::numeric[], $3::timestamptz[]) AS u(id, total, at)
+             WHERE v.id = u.id AND (v.spend_at IS NULL OR v.spend_at <= u.at)",
+        )
+        .await
+        .map_err(unavailable)?;
+    c.execute(&stmt, &[&ids, &totals, &ats])
+        .await
+        .map_err(unavailable)?;
+    Ok(vec![(); spends.len()])
+}
+
+fn lock_key(key: KeyId) -> i32 {
+    i32::try_from(key.get().rem_euclid(i64::from(i32::MAX))).unwrap_or(0)
+}
+
+/// Evaluates a batch of observations in one transaction: the keys' advisory locks are taken
+/// in ascending order (so batches of concurrent consumers cannot deadlock), the state of
+/// every period involved is read at once, the pure budget rules run for each observation in
+/// batch order (a later observation of a key sees what an earlier one changed), the changes
+/// are written, and each observation gets every alert of its key still to be published.
+async fn evaluate_budgets(
+    pool: &Pool,
+    observations: &[SpendObservation],
+) -> Result<Vec<Vec<PendingAlert>>, StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(unavailable)?;
+    let mut locks: Vec<i32> = observations.iter().map(|o| lock_key(o.key_id)).collect();
+    locks.sort_unstable();
+    locks.dedup();
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
+        .await
+        .map_err(unavailable)?;
+    tx.execute(&lock, &[&BUDGET_LOCK, &locks])
+        .await
+        .map_err(unavailable)?;
+
+    let keys: Vec<i64> = observations.iter().map(|o| o.key_id.get()).collect();
+    let starts: Vec<DateTime<Utc>> = observations.iter().map(|o| o.period_start).collect();
+    let read = tx
+        .prepare_cached(
+            "SELECT s.key_id, s.period_start, s.threshold, s.generation, s.armed, s.source_time, s.budget
+             FROM budget_alert_state s
+             JOIN (SELECT DISTINCT * FROM unnest($1::int8[], $2::timestamptz[])) AS p(key_id, period_start)
+               ON s.key_id = p.key_id AND s.period_start = p.period_start",
+        )
+        .await
+        .map_err(unavailable)?;
+    let mut periods: std::collections::HashMap<(i64, DateTime<Utc>), Vec<ThresholdState>> =
+        std::collections::HashMap::new();
+    for r in tx
+        .query(&read, &[&keys, &starts])
+        .await
+        .map_err(unavailable)?
+    {
+        periods
+            .entry((r.get("key_id"), r.get("period_start")))
+            .or_default()
+            .push(ThresholdState {
+                threshold: u32::try_from(r.get::<_, i32>("threshold")).unwrap_or(0),
+                generation: u32::try_from(r.get::<_, i32>("generation")).unwrap_or(0),
+                armed: r.get("armed"),
+                source_time: r.get("source_time"),
+                budget: r.get("budget"),
+            });
+    }
+
+    for obs in observations {
+        let state = periods
+            .entry((obs.key_id.get(), obs.period_start))
+            .or_default();
+        for change in budget::decide(obs, state) {
+            write_change(&tx, obs, &change).await?;
+            budget::apply(state, obs, &change);
+        }
+    }
+
+    let pending = tx
+        .prepare_cached(
+            "SELECT key_id, event FROM budget_alerts WHERE key_id = ANY($1) AND published_at IS NULL ORDER BY created_at, threshold",
+        )
+        .await
+        .map_err(unavailable)?;
+    let rows = tx.query(&pending, &[&keys]).await.map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
+    let mut by_key: std::collections::HashMap<i64, Vec<PendingAlert>> =
+        std::collections::HashMap::new();
+    for r in &rows {
+        let text: String = r.get("event");
+        let event = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Unavailable(format!("stored alert is not valid JSON: {e}")))?;
+        by_key
+            .entry(r.get("key_id"))
+            .or_default()
+            .push(PendingAlert { event });
+    }
+    Ok(observations
+        .iter()
+        .map(|o| by_key.get(&o.key_id.get()).cloned().unwrap_or_default())
+        .collect())
+}
+
+/// Writes one decided change of `obs` inside its evaluation's transaction.
+async fn write_change(
+    tx: &deadpool_postgres::Transaction<'_>,
+    obs: &SpendObservation,
+    change: &Change,
+) -> Result<(), StoreError> {
+    let key = obs.key_id.get();
+    let threshold = to_i32(change.threshold());
+    match change {
+        Change::Rearm { .. } => {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE budget_alert_state SET armed = TRUE, updated_at = now() WHERE key_id = $1 AND period_start = $2 AND threshold = $3",
+                )
+                .await
+                .map_err(unavailable)?;
+            tx.execute(&stmt, &[&key, &obs.period_start, &threshold])
+                .await
+                .map_err(unavailable)?;
+        }
+        Change::Mark { generation, .. } => {
+            upsert_state(tx, obs, threshold, to_i32(*generation), None).await?;
+        }
+        Change::Fire(alert) => {
+            let event = OutboundEvent::budget_alert(alert, None);
+            let json = serde_json::to_string(&event).map_err(unavailable)?;
+            upsert_state(
+                tx,
+                obs,
+                threshold,
+                to_i32(alert.generation),
+                Some(alert.event_id.as_str()),
+            )
+            .await?;
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO budget_alerts (alert_id, key_id, period_start, threshold, generation, source_event_id, event)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(unavailable)?;
+            tx.execute(
+                &stmt,
+                &[
+                    &alert.event_id.as_str(),
+                    &key,
+                    &obs.period_start,
+                    &threshold,
+                    &to_i32(alert.generation),
+                    &obs.event_id.as_str(),
+                    &json,
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+    }
+    Ok(())
 }
 
 const KEY_COLUMNS: &str = "id, key_hash, name, group_id, enabled, expires_at, is_admin, budget, budget_period, alert_thresholds, current_spend, updated_at";
@@ -136,25 +386,18 @@ fn to_i32(n: u32) -> i32 {
 #[async_trait]
 impl Store for PostgresStore {
     async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<VirtualKey>, StoreError> {
+        let c = self.client().await?;
         let sql = format!("SELECT {KEY_COLUMNS} FROM virtual_keys WHERE key_hash = $1");
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&hash.as_str()])
+        let stmt = c.prepare_cached(&sql).await.map_err(unavailable)?;
+        let row = c
+            .query_opt(&stmt, &[&hash.as_str()])
             .await
             .map_err(unavailable)?;
         row.as_ref().map(key_from_row).transpose()
     }
 
     async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError> {
-        let sql = format!("SELECT {KEY_COLUMNS} FROM virtual_keys WHERE id = $1");
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&id.get()])
-            .await
-            .map_err(unavailable)?;
-        row.as_ref().map(key_from_row).transpose()
+        batched(self.keys.call(id).await)
     }
 
     async fn put_key(&self, k: &VirtualKey) -> Result<(), StoreError> {
@@ -211,121 +454,25 @@ impl Store for PostgresStore {
         total: Decimal,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE virtual_keys SET current_spend = $2, spend_at = $3, updated_at = now()
-                 WHERE id = $1 AND (spend_at IS NULL OR spend_at <= $3)",
-                &[&id.get(), &total, &at],
-            )
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        batched(self.spends.call(Spend { id, total, at }).await)
     }
 
     async fn evaluate_budget(
         &self,
         obs: &SpendObservation,
     ) -> Result<Vec<PendingAlert>, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        let key = obs.key_id.get();
-        // Serialise evaluations of one key across consumers; the lock ends with the transaction.
-        let lock_key = i32::try_from(key.rem_euclid(i64::from(i32::MAX))).unwrap_or(0);
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&BUDGET_LOCK, &lock_key],
-        )
-        .await
-        .map_err(unavailable)?;
-        let rows = tx
-            .query(
-                "SELECT threshold, generation, armed, source_time, budget FROM budget_alert_state WHERE key_id = $1 AND period_start = $2",
-                &[&key, &obs.period_start],
-            )
-            .await
-            .map_err(unavailable)?;
-        let state: Vec<ThresholdState> = rows
-            .iter()
-            .map(|r| ThresholdState {
-                threshold: u32::try_from(r.get::<_, i32>("threshold")).unwrap_or(0),
-                generation: u32::try_from(r.get::<_, i32>("generation")).unwrap_or(0),
-                armed: r.get("armed"),
-                source_time: r.get("source_time"),
-                budget: r.get("budget"),
-            })
-            .collect();
-        for change in budget::decide(obs, &state) {
-            let threshold = to_i32(change.threshold());
-            match change {
-                Change::Rearm { .. } => {
-                    tx.execute(
-                        "UPDATE budget_alert_state SET armed = TRUE, updated_at = now() WHERE key_id = $1 AND period_start = $2 AND threshold = $3",
-                        &[&key, &obs.period_start, &threshold],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                }
-                Change::Mark { generation, .. } => {
-                    upsert_state(&tx, obs, threshold, to_i32(generation), None).await?;
-                }
-                Change::Fire(alert) => {
-                    let event = OutboundEvent::budget_alert(&alert, None);
-                    let json = serde_json::to_string(&event).map_err(unavailable)?;
-                    upsert_state(
-                        &tx,
-                        obs,
-                        threshold,
-                        to_i32(alert.generation),
-                        Some(alert.event_id.as_str()),
-                    )
-                    .await?;
-                    tx.execute(
-                        "INSERT INTO budget_alerts (alert_id, key_id, period_start, threshold, generation, source_event_id, event)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                        &[
-                            &alert.event_id.as_str(),
-                            &key,
-                            &obs.period_start,
-                            &threshold,
-                            &to_i32(alert.generation),
-                            &obs.event_id.as_str(),
-                            &json,
-                        ],
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                }
-            }
-        }
-        let pending = tx
-            .query(
-                "SELECT event FROM budget_alerts WHERE key_id = $1 AND published_at IS NULL ORDER BY created_at, threshold",
-                &[&key],
-            )
-            .await
-            .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        pending
-            .iter()
-            .map(|r| {
-                let text: String = r.get("event");
-                serde_json::from_str(&text)
-                    .map(|event| PendingAlert { event })
-                    .map_err(|e| {
-                        StoreError::Unavailable(format!("stored alert is not valid JSON: {e}"))
-                    })
-            })
-            .collect()
+        batched(self.budgets.call(obs.clone()).await)
     }
 
     async fn mark_alert_published(&self, alert: &EventId) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
                 "UPDATE budget_alerts SET published_at = now() WHERE alert_id = $1 AND published_at IS NULL",
-                &[&alert.as_str()],
             )
+            .await
+            .map_err(unavailable)?;
+        c.execute(&stmt, &[&alert.as_str()])
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -348,12 +495,18 @@ async fn upsert_state(
     generation: i32,
     alert_id: Option<&str>,
 ) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO budget_alert_state (key_id, period_start, threshold, generation, armed, source_time, budget, alert_id, source_event_id)
+             VALUES ($1, $2, $3, $4, FALSE, $5, $6, $7, $8)
+             ON CONFLICT (key_id, period_start, threshold) DO UPDATE SET generation = EXCLUDED.generation, armed = FALSE,
+               source_time = EXCLUDED.source_time, budget = EXCLUDED.budget, alert_id = EXCLUDED.alert_id,
+               source_event_id = EXCLUDED.source_event_id, updated_at = now()",
+        )
+        .await
+        .map_err(unavailable)?;
     tx.execute(
-        "INSERT INTO budget_alert_state (key_id, period_start, threshold, generation, armed, source_time, budget, alert_id, source_event_id)
-         VALUES ($1, $2, $3, $4, FALSE, $5, $6, $7, $8)
-         ON CONFLICT (key_id, period_start, threshold) DO UPDATE SET generation = EXCLUDED.generation, armed = FALSE,
-           source_time = EXCLUDED.source_time, budget = EXCLUDED.budget, alert_id = EXCLUDED.alert_id,
-           source_event_id = EXCLUDED.source_event_id, updated_at = now()",
+        &stmt,
         &[
             &obs.key_id.get(),
             &obs.period_start,

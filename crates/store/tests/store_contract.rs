@@ -294,3 +294,62 @@ async fn unreachable_database_is_unavailable_not_a_panic() {
         Err(StoreError::Unavailable(_))
     ));
 }
+
+/// Concurrent calls are served in shared batches by the PostgreSQL store: each still gets the
+/// answer for its own key, and two totals of one key in flight together leave the newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_for_many_keys_each_get_their_own_answer() {
+    let (stores, _db) = stores().await;
+    for (name, s) in stores {
+        for id in 100..300 {
+            s.put_key(&key(id, &format!("condt_many_{id}")))
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for id in 100..300i64 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let k = KeyId::new(id).unwrap();
+                let (newer, older) = tokio::join!(
+                    s.record_spend(k, d(&format!("{id}.75")), t("2026-11-02T00:00:10Z")),
+                    s.record_spend(k, d("1"), t("2026-11-02T00:00:05Z")),
+                );
+                newer.unwrap();
+                older.unwrap();
+                let alerts = s
+                    .evaluate_budget(&obs(
+                        id,
+                        &format!("many-{id}"),
+                        "60",
+                        "2026-11-02T00:00:10Z",
+                    ))
+                    .await
+                    .unwrap();
+                let stored = s.key_by_id(k).await.unwrap().unwrap();
+                (id, alerts, stored)
+            }));
+        }
+        for task in tasks {
+            let (id, alerts, stored) = task.await.unwrap();
+            assert_eq!(stored.id.get(), id, "{name}");
+            assert_eq!(
+                stored.current_spend,
+                d(&format!("{id}.75")),
+                "{name}: key {id}"
+            );
+            assert_eq!(alerts.len(), 1, "{name}: key {id}: {alerts:?}");
+            assert_eq!(
+                alerts[0].event.key_id,
+                Some(KeyId::new(id).unwrap()),
+                "{name}"
+            );
+        }
+        assert!(
+            s.key_by_id(KeyId::new(999).unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
