@@ -9,8 +9,8 @@
 //! which the pipeline makes harmless.
 use crate::envelope::{self, MessageMeta};
 use crate::pipeline::{Failure, Pipeline};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use herald_domain::{EventId, InboundEvent, Invalid};
 use herald_telemetry::metrics;
 use lapin::message::Delivery;
@@ -20,11 +20,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use rand::Rng;
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -447,7 +447,9 @@ impl Consumer {
         )));
         // Up to `prefetch` deliveries are processed at once, one at a time per partition (a
         // key, a task, the global stream), so one key's events keep their bus order while
-        // different keys proceed in parallel. Each delivery is acked on its own when done.
+        // different keys proceed in parallel. Finished deliveries are acked together (see
+        // `Acks`) once no more finishes are ready.
+        let mut acks = Acks::default();
         let mut inflight = FuturesUnordered::new();
         let mut busy: HashSet<String> = HashSet::new();
         let mut waiting: HashMap<String, VecDeque<(Delivery, Decoded)>> = HashMap::new();
@@ -480,22 +482,34 @@ impl Consumer {
                     )
                     .await;
                     while let Some((_, r)) = inflight.next().await {
-                        r?;
-                    }
-                    return Ok(End::Shutdown);
-                }
-                Some((partition, r)) = inflight.next(), if !inflight.is_empty() => {
-                    if let Some(End::Shutdown) = r? {
-                        continue;
-                    }
-                    *consumed = true;
-                    match waiting.get_mut(&partition).and_then(VecDeque::pop_front) {
-                        Some(next) => inflight.push(start(next, partition, shutdown.clone())),
-                        None => {
-                            waiting.remove(&partition);
-                            busy.remove(&partition);
+                        if let Handled::Done(tag, acker) = r? {
+                            acks.finished(tag, acker);
                         }
                     }
+                    acks.flush(0).await?;
+                    return Ok(End::Shutdown);
+                }
+                Some(first) = inflight.next(), if !inflight.is_empty() => {
+                    // Take every finish that is ready now, then ack them in as few frames as
+                    // the order of the delivery tags allows.
+                    let mut finished = Some(first);
+                    while let Some((partition, r)) = finished {
+                        if let Handled::Done(tag, acker) = r? {
+                            acks.finished(tag, acker);
+                            *consumed = true;
+                            match waiting.get_mut(&partition).and_then(VecDeque::pop_front) {
+                                Some(next) => {
+                                    inflight.push(start(next, partition, shutdown.clone()));
+                                }
+                                None => {
+                                    waiting.remove(&partition);
+                                    busy.remove(&partition);
+                                }
+                            }
+                        }
+                        finished = inflight.next().now_or_never().flatten();
+                    }
+                    acks.flush(acks_waiting_max(self.config.prefetch)).await?;
                 }
                 next = consumer.next() => {
                     let delivery = match next {
@@ -507,6 +521,7 @@ impl Consumer {
                             ));
                         }
                     };
+                    acks.received(delivery.delivery_tag);
                     // Decoded once: the partition comes from the event the pipeline processes.
                     let decoded = envelope::decode(&delivery.data, &meta_of(&delivery));
                     let partition = envelope::partition(&decoded);
@@ -523,8 +538,9 @@ impl Consumer {
         }
     }
 
-    /// Processes one delivery to its end: acked (done or dead-lettered), or left unacked on
-    /// shutdown. `Err` means the channel or connection failed.
+    /// Processes one delivery to its end: done (processed, dead-lettered or deferred — the
+    /// caller acks it), or held on shutdown (left unacked). `Err` means the channel or
+    /// connection failed.
     async fn handle(
         &self,
         mut delivery: Delivery,
@@ -532,7 +548,7 @@ impl Consumer {
         channel: &Channel,
         dead: &Channel,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Option<End>, AmqpError> {
+    ) -> Result<Handled, AmqpError> {
         if delivery.redelivered {
             self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
             metrics().consumer_redeliveries.inc();
@@ -542,17 +558,15 @@ impl Consumer {
         loop {
             match self.attempt(&decoded).await {
                 Ok(p) => {
-                    ack(&delivery).await?;
                     self.stats.processed.fetch_add(1, Ordering::Relaxed);
                     metrics().consumed.with(p.event_type).inc();
                     tracing::debug!(event_id = %p.event_id, event_type = p.event_type, key_id = p.key_id.map(|k| k.get()), published = p.published, alerts = p.alerts, "processed");
-                    return Ok(None);
+                    return Ok(Handled::Done(delivery.delivery_tag, delivery.acker));
                 }
                 Err(Failure::Rejected(reason)) => {
                     let event_id = envelope::peek_event_id(&body);
                     self.dead_letter(dead, &delivery, &body, &reason, event_id.as_ref())
                         .await?;
-                    ack(&delivery).await?;
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     metrics().dead_lettered.with("rejected").inc();
                     let message_id = event_id
@@ -567,7 +581,7 @@ impl Consumer {
                         })
                         .unwrap_or_else(|| "-".into());
                     tracing::warn!(message_id = %message_id, reason = %reason, routing_key = %delivery.routing_key, "message dead-lettered");
-                    return Ok(None);
+                    return Ok(Handled::Done(delivery.delivery_tag, delivery.acker));
                 }
                 Err(Failure::Deferred(reason)) => {
                     let attempts = delivery
@@ -590,8 +604,7 @@ impl Consumer {
                         metrics().consumer_deferred.inc();
                         tracing::info!(%reason, attempts, "message deferred");
                     }
-                    ack(&delivery).await?;
-                    return Ok(None);
+                    return Ok(Handled::Done(delivery.delivery_tag, delivery.acker));
                 }
                 Err(Failure::Transient(error)) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -600,7 +613,7 @@ impl Consumer {
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         // Left unacked: it returns to the queue when the connection closes.
-                        _ = stopped(shutdown) => return Ok(Some(End::Shutdown)),
+                        _ = stopped(shutdown) => return Ok(Handled::Held),
                     }
                     delay = (delay * 2).min(RETRY_MAX);
                     // The broker redelivers the message once the channel is gone; holding on
@@ -771,8 +784,83 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn ack(delivery: &Delivery) -> Result<(), AmqpError> {
-    match delivery.acker.ack(BasicAckOptions::default()).await {
+/// How a delivery's handling ended.
+enum Handled {
+    /// Processed, dead-lettered or deferred: it may be acked.
+    Done(u64, Acker),
+    /// Shutdown came while it was being retried: left unacked, it returns to the queue.
+    Held,
+}
+
+/// Finished deliveries waiting to be acked above an unfinished one, beyond which they are
+/// acked one by one rather than keep the prefetch window full behind a slow message: a
+/// quarter of the window.
+fn acks_waiting_max(prefetch: u16) -> usize {
+    usize::from(prefetch / 4)
+}
+
+/// The acks of one channel. Delivery tags rise in delivery order, so every finished delivery
+/// below the oldest unfinished one goes out in a single `multiple` ack; finished ones above it
+/// wait for it (a held message pins only a quarter of the prefetch window). `A` is what acks
+/// one delivery (lapin's `Acker`; a plain tag in the unit tests).
+struct Acks<A> {
+    unfinished: BTreeSet<u64>,
+    finished: BTreeMap<u64, A>,
+}
+
+impl<A> Default for Acks<A> {
+    fn default() -> Self {
+        Self {
+            unfinished: BTreeSet::new(),
+            finished: BTreeMap::new(),
+        }
+    }
+}
+
+impl<A> Acks<A> {
+    fn received(&mut self, tag: u64) {
+        self.unfinished.insert(tag);
+    }
+
+    fn finished(&mut self, tag: u64, acker: A) {
+        self.unfinished.remove(&tag);
+        self.finished.insert(tag, acker);
+    }
+
+    /// The acks due now, as (acker, multiple): finished deliveries above an unfinished one
+    /// are acked one by one once more than `max_waiting` of them wait.
+    fn due(&mut self, max_waiting: usize) -> Vec<(A, bool)> {
+        let oldest_unfinished = self.unfinished.first().copied().unwrap_or(u64::MAX);
+        let waiting = self.finished.split_off(&oldest_unfinished);
+        let below = std::mem::replace(&mut self.finished, waiting);
+        let mut due = Vec::new();
+        let n = below.len();
+        // `multiple` acks everything unacked up to this tag: all of it is finished.
+        if let Some((_, acker)) = below.into_iter().next_back() {
+            due.push((acker, n > 1));
+        }
+        if self.finished.len() > max_waiting {
+            due.extend(
+                std::mem::take(&mut self.finished)
+                    .into_values()
+                    .map(|a| (a, false)),
+            );
+        }
+        due
+    }
+}
+
+impl Acks<Acker> {
+    async fn flush(&mut self, max_waiting: usize) -> Result<(), AmqpError> {
+        for (acker, multiple) in self.due(max_waiting) {
+            ack(&acker, multiple).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn ack(acker: &Acker, multiple: bool) -> Result<(), AmqpError> {
+    match acker.ack(BasicAckOptions { multiple }).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(AmqpError::Broker(
             "could not ack: the channel is no longer usable".into(),
@@ -996,6 +1084,48 @@ pub async fn publish_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finished_deliveries_below_the_oldest_unfinished_go_in_one_multiple_ack() {
+        let mut acks = Acks::default();
+        for tag in 1..=6 {
+            acks.received(tag);
+        }
+        acks.finished(2, 2);
+        acks.finished(3, 3);
+        assert_eq!(acks.due(10), vec![], "1 is unfinished: 2 and 3 wait");
+        acks.finished(1, 1);
+        assert_eq!(acks.due(10), vec![(3, true)], "1..=3 in one frame");
+        acks.finished(5, 5);
+        acks.finished(4, 4);
+        assert_eq!(acks.due(10), vec![(5, true)]);
+        acks.finished(6, 6);
+        assert_eq!(acks.due(10), vec![(6, false)], "a lone one is not multiple");
+        assert_eq!(acks.due(10), vec![]);
+    }
+
+    #[test]
+    fn a_held_delivery_pins_only_so_many_finished_ones() {
+        let mut acks = Acks::default();
+        for tag in 1..=5 {
+            acks.received(tag);
+        }
+        for tag in 2..=4 {
+            acks.finished(tag, tag);
+        }
+        assert_eq!(acks.due(3), vec![], "three may wait");
+        acks.finished(5, 5);
+        assert_eq!(
+            acks.due(3),
+            vec![(2, false), (3, false), (4, false), (5, false)],
+            "a fourth: all go one by one"
+        );
+        // On shutdown (max 0) nothing finished stays unacked; 1 is never acked.
+        acks.received(6);
+        acks.finished(6, 6);
+        assert_eq!(acks.due(0), vec![(6, false)]);
+        assert!(acks.unfinished.contains(&1));
+    }
 
     #[test]
     fn default_bindings_are_masstransit_exchanges() {
