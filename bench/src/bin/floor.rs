@@ -1,5 +1,5 @@
 //! The floor (DESIGN §9): the least a tokio server can do to pass the benchmark load. SignalR
-//! JSON handshake and record framing over WebSocket (1 KiB read buffer), rooms fed from one
+//! JSON handshake and record framing over WebSocket (256-byte read buffer), rooms fed from one
 //! Redis pub/sub connection (`PSUBSCRIBE {prefix}:*`; the channel suffix is the room), one
 //! frame per wake-up carrying every record queued for the connection, a ping every 15 s.
 //! Clients connect to `ws://host/hub?access_token=<room>` (no negotiate, no auth, no history).
@@ -74,10 +74,17 @@ async fn connection(tcp: tokio::net::TcpStream, rooms: Rooms) -> Option<()> {
             .to_owned();
         Ok(resp)
     };
-    let config = WebSocketConfig::default().read_buffer_size(1024);
-    let mut ws = tokio_tungstenite::accept_hdr_async_with_config(tcp, take_room, Some(config))
-        .await
-        .ok()?;
+    // Idle connections dominate memory: a small read buffer (clients send a few small
+    // records), and the HTTP handshake boxed so its state is not part of the connection's
+    // future for the connection's whole life.
+    let config = WebSocketConfig::default().read_buffer_size(256);
+    let mut ws = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        tcp,
+        take_room,
+        Some(config),
+    ))
+    .await
+    .ok()?;
     match ws.next().await? {
         Ok(Message::Text(t)) if t.contains("\"json\"") && t.ends_with('\u{1e}') => {}
         _ => return None,

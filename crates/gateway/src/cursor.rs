@@ -18,6 +18,13 @@ pub struct Cursor {
 const MAX_LEN: usize = 2048;
 
 impl Cursor {
+    /// An empty cursor with room for `n` audiences.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
     pub fn get(&self, audience: Audience) -> Option<Position> {
         self.entries
             .iter()
