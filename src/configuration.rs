@@ -229,7 +229,7 @@ impl Settings {
         let amqp_prefetch = number(
             "HERALD_AMQP_PREFETCH",
             get(&flags.amqp_prefetch, "HERALD_AMQP_PREFETCH"),
-            64u16,
+            256u16,
             1,
         )?;
         let budget_thresholds = match get(&flags.budget_thresholds, "HERALD_BUDGET_THRESHOLDS") {
