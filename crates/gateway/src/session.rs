@@ -84,18 +84,27 @@ struct Session {
     own_key: Option<(KeyId, KeyHash)>,
     /// Master key or admin key: may subscribe to any task.
     is_admin: bool,
-    /// Tasks named by `SubscribeToTask`; on a Conduit task hub, once any is named, only
-    /// these tasks' events are delivered.
-    tasks: std::collections::HashSet<String>,
-    /// Admin hub: keys named by `SubscribeToVirtualKey`; once any is named, other keys'
-    /// events are skipped (global ones still pass).
-    admin_keys: std::collections::HashSet<KeyId>,
+    /// What the client narrowed delivery to; boxed, and only once it named something (most
+    /// connections never do).
+    filters: Option<Box<Filters>>,
+    /// `?cursor=` of the connect request, until the resume at the start has run.
+    resume: Option<Box<Cursor>>,
     recheck_key: bool,
     shutdown: watch::Receiver<bool>,
     /// Set when shutdown began: the moment this connection is closed.
     drain_at: Option<Instant>,
     /// `herald_events_delivered_total` of this hub, looked up once.
     delivered_total: Arc<Counter>,
+}
+
+#[derive(Default)]
+struct Filters {
+    /// Tasks named by `SubscribeToTask`; on a Conduit task hub, once any is named, only
+    /// these tasks' events are delivered.
+    tasks: std::collections::HashSet<String>,
+    /// Admin hub: keys named by `SubscribeToVirtualKey`; once any is named, other keys'
+    /// events are skipped (global ones still pass).
+    admin_keys: std::collections::HashSet<KeyId>,
 }
 
 /// Counts an open connection in `herald_connections` from handshake to close.
@@ -148,11 +157,10 @@ async fn stopping(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-struct Counted(Arc<Inner>);
-
-impl Drop for Counted {
+/// Counts the connection in `Gateway::connections` (from here until the session is dropped).
+impl Drop for Session {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.gw.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -160,7 +168,6 @@ impl Drop for Counted {
 /// it once instead of also keeping the arguments it was built from.
 pub(crate) fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) -> impl Future<Output = ()> + Send {
     gw.connections.fetch_add(1, Ordering::Relaxed);
-    let counted = Counted(gw.clone());
     let now = Instant::now();
     let (key_expires, own_key) = match &setup.principal {
         Principal::Key(k) => (
@@ -171,12 +178,6 @@ pub(crate) fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) -> impl Future<Ou
     };
     let audiences = setup.subscriptions.iter().map(|s| s.audience()).collect();
     let shutdown = gw.shutdown.subscribe();
-    // Who connected, by key id only: the raw key never reaches a log line.
-    let key_id = match &setup.principal {
-        Principal::Key(k) => Some(k.id.get()),
-        Principal::Master => None,
-    };
-    let resume = setup.resume;
     let mut s = Session {
         ws,
         hub: setup.hub,
@@ -192,8 +193,8 @@ pub(crate) fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) -> impl Future<Ou
         key_expires,
         own_key,
         is_admin: setup.principal.is_admin(),
-        tasks: std::collections::HashSet::new(),
-        admin_keys: std::collections::HashSet::new(),
+        filters: None,
+        resume: setup.resume.map(Box::new),
         recheck_key: false,
         shutdown,
         drain_at: None,
@@ -201,18 +202,27 @@ pub(crate) fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) -> impl Future<Ou
         gw,
     };
     async move {
-        let _counted = counted;
+        // Who connected, by key id only: the raw key never reaches a log line.
+        let key_id = s.own_key.as_ref().map(|(id, _)| id.get());
         tracing::debug!(connection = %s.connection_id, hub = s.hub.name, key_id, "connected");
-        let _ = s.serve(resume).await;
+        let _ = s.serve().await;
+        let key_id = s.own_key.as_ref().map(|(id, _)| id.get());
         tracing::debug!(connection = %s.connection_id, hub = s.hub.name, key_id, "disconnected");
     }
 }
 
 impl Session {
-    async fn serve(&mut self, resume: Option<Cursor>) -> Step {
-        Box::pin(self.handshake()).await?;
-        let _live = Live::open(self.hub.name);
-        if let Some(cursor) = resume {
+    async fn serve(&mut self) -> Step {
+        // Boxed: the start is large and runs once; the loop is what an idle connection holds.
+        let _live = Box::pin(self.start()).await?;
+        self.main_loop().await
+    }
+
+    /// Handshake, the resume of `?cursor=`, and the records that came with the handshake.
+    async fn start(&mut self) -> Result<Live, Stop> {
+        self.handshake().await?;
+        let live = Live::open(self.hub.name);
+        if let Some(cursor) = self.resume.take() {
             // Nothing was delivered yet: start each resumed audience at the cursor, so the
             // replay runs in stream order with a cursor that moves along with it.
             for &a in &self.audiences {
@@ -228,16 +238,17 @@ impl Session {
                 Err(ReplayError::Stop) => return Err(Stop),
                 Err(ReplayError::Unavailable(e)) => {
                     tracing::warn!(connection = %self.connection_id, error = %e, "resume failed");
-                    return self
+                    let _ = self
                         .close(Some("History unavailable; reconnect to resume."), true)
                         .await;
+                    return Err(Stop);
                 }
             }
         }
         // Messages the client sent together with its handshake.
         let carried = std::mem::take(&mut self.inbuf);
         self.on_data(&carried).await?;
-        self.main_loop().await
+        Ok(live)
     }
 
     async fn handshake(&mut self) -> Step {
@@ -459,9 +470,9 @@ impl Session {
                     [v] => match herald_domain::KeyRef::parse("virtualKeyId", v) {
                         Ok(herald_domain::KeyRef::Id(id)) => {
                             if m == HubMethod::SubscribeToVirtualKey {
-                                self.admin_keys.insert(id);
-                            } else {
-                                self.admin_keys.remove(&id);
+                                self.filters().admin_keys.insert(id);
+                            } else if let Some(f) = &mut self.filters {
+                                f.admin_keys.remove(&id);
                             }
                             Ok("null".to_owned())
                         }
@@ -472,7 +483,9 @@ impl Session {
             }
             Some(HubMethod::UnsubscribeFromTask) => match arguments.as_slice() {
                 [Value::String(task)] => {
-                    self.tasks.remove(task);
+                    if let Some(f) = &mut self.filters {
+                        f.tasks.remove(task);
+                    }
                     Ok("null".to_owned())
                 }
                 _ => Err("UnsubscribeFromTask expects one argument: the task id.".to_owned()),
@@ -491,6 +504,10 @@ impl Session {
 
     /// Checks that the caller may see the task and returns its latest state (Conduit's
     /// HubException messages on refusal).
+    fn filters(&mut self) -> &mut Filters {
+        self.filters.get_or_insert_default()
+    }
+
     async fn subscribe_to_task(&mut self, task: &str) -> Result<String, String> {
         let state = match self.gw.backplane.task(task).await {
             Ok(Some(s)) => s,
@@ -507,7 +524,7 @@ impl Session {
         if !owns && !self.is_admin {
             return Err("Unauthorized access to task".to_owned());
         }
-        self.tasks.insert(task.to_owned());
+        self.filters().tasks.insert(task.to_owned());
         serde_json::to_string(&state).map_err(|_| "Task state unavailable; try again.".to_owned())
     }
 
@@ -519,7 +536,10 @@ impl Session {
             return false;
         };
         let task_id = v["taskId"].as_str().unwrap_or_default();
-        if !self.tasks.is_empty() && !self.tasks.contains(task_id) {
+        if let Some(f) = &self.filters
+            && !f.tasks.is_empty()
+            && !f.tasks.contains(task_id)
+        {
             return false;
         }
         let generic = d.event.name.starts_with("Task");
@@ -595,10 +615,9 @@ impl Session {
         if !self.hub.forwards(&d.event.name) {
             return false;
         }
-        if !self.admin_keys.is_empty()
-            && d.event
-                .key_id
-                .is_some_and(|k| !self.admin_keys.contains(&k))
+        if let Some(f) = &self.filters
+            && !f.admin_keys.is_empty()
+            && d.event.key_id.is_some_and(|k| !f.admin_keys.contains(&k))
         {
             return false;
         }
@@ -616,31 +635,39 @@ impl Session {
     }
 
     async fn on_mailbox(&mut self, r: Received) -> Step {
-        match r {
-            Received::Delivery(d) => {
-                let mut buf = String::new();
-                self.render(&d, &mut buf);
-                // Everything already queued goes out in the same frame.
-                while buf.len() < FRAME_TARGET {
-                    match self.receiver.try_recv() {
-                        Some(Received::Delivery(d)) => {
-                            self.render(&d, &mut buf);
-                        }
-                        Some(Received::Overflowed) => return self.slow_consumer().await,
-                        Some(Received::Closed) | None => break,
-                    }
-                }
-                if !buf.is_empty() {
-                    self.send(buf).await?;
-                }
-                if std::mem::take(&mut self.recheck_key) {
-                    Box::pin(self.recheck_key()).await?;
-                }
-                Ok(())
-            }
-            Received::Overflowed => self.slow_consumer().await,
-            Received::Closed => self.close(Some("Subscription lost."), true).await,
+        let buf = match r {
+            Received::Delivery(d) => match self.batch(&d) {
+                Some(buf) => buf,
+                None => return self.slow_consumer().await,
+            },
+            Received::Overflowed => return self.slow_consumer().await,
+            Received::Closed => return self.close(Some("Subscription lost."), true).await,
+        };
+        if !buf.is_empty() {
+            self.send(buf).await?;
         }
+        if std::mem::take(&mut self.recheck_key) {
+            Box::pin(self.recheck_key()).await?;
+        }
+        Ok(())
+    }
+
+    /// The frame for `first` and everything already queued behind it (up to about
+    /// `FRAME_TARGET`); `None` when the mailbox overflowed. Not async: the loop's future,
+    /// held by every idle connection, holds none of this.
+    fn batch(&mut self, first: &Delivery) -> Option<String> {
+        let mut buf = String::new();
+        self.render(first, &mut buf);
+        while buf.len() < FRAME_TARGET {
+            match self.receiver.try_recv() {
+                Some(Received::Delivery(d)) => {
+                    self.render(&d, &mut buf);
+                }
+                Some(Received::Overflowed) => return None,
+                Some(Received::Closed) | None => break,
+            }
+        }
+        Some(buf)
     }
 
     /// Closes the connection when its key was deleted, disabled, expired or re-hashed; picks up
@@ -834,7 +861,7 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let size = future_size(run);
-        assert!(size <= 1500, "session future is {size} bytes");
+        assert!(size <= 1280, "session future is {size} bytes");
     }
 
     #[test]
