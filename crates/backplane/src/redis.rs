@@ -100,8 +100,9 @@ fn cluster_publish_script() -> String {
 
 /// Events handed to one batched publish call at most (each with its audiences' entries).
 const PUBLISH_BATCH: usize = 128;
-/// Batched publish calls in flight at once: one is collected while another runs.
-const PUBLISH_WORKERS: usize = 2;
+/// Batched publish calls in flight at once. One: Redis runs scripts one after another anyway,
+/// and publishes queue up into a larger batch while one runs.
+const PUBLISH_WORKERS: usize = 1;
 
 /// One audience's copy of an event, as the publish script takes it.
 #[derive(Clone)]

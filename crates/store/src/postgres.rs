@@ -26,8 +26,9 @@ const MIGRATION_LOCK: i64 = 0x4845_5241_4c44; // "HERALD"
 
 /// Calls collected into one statement or transaction at most.
 const BATCH: usize = 256;
-/// Batches of one kind in flight at once.
-const BATCH_WORKERS: usize = 2;
+/// Batches of one kind in flight at once. One: requests queue up while a batch runs, so the
+/// next batch is larger; a drain used ~15% less CPU per message than with two.
+const BATCH_WORKERS: usize = 1;
 
 /// A spend total to record: `record_spend`'s arguments.
 #[derive(Debug, Clone)]
