@@ -183,6 +183,56 @@ impl Change {
     }
 }
 
+/// What one SpendUpdated tells the budget engine before its key is looked up.
+#[derive(Debug, Clone)]
+pub struct SpendFacts {
+    pub key_id: KeyId,
+    pub event_id: EventId,
+    pub source_time: DateTime<Utc>,
+    pub total_spend: Decimal,
+    /// The event's own budget, period and period start, which win over the key's.
+    pub budget: Option<Decimal>,
+    pub period: Option<BudgetPeriod>,
+    pub period_start: Option<DateTime<Utc>>,
+}
+
+impl SpendFacts {
+    /// The budget in force: the event's, else the key's.
+    pub fn budget(&self, key: Option<&crate::VirtualKey>) -> Option<Decimal> {
+        self.budget.or(key.and_then(|k| k.budget))
+    }
+
+    /// The observation to evaluate, or `None` when no positive budget applies. The key's own
+    /// thresholds apply when it has a valid list, else `defaults`.
+    pub fn observation(
+        &self,
+        key: Option<&crate::VirtualKey>,
+        defaults: &Thresholds,
+    ) -> Option<SpendObservation> {
+        let budget = self.budget(key).filter(|b| *b > Decimal::ZERO)?;
+        let period = self
+            .period
+            .or(key.map(|k| k.budget_period))
+            .unwrap_or(BudgetPeriod::Total);
+        let thresholds = key
+            .and_then(|k| k.alert_thresholds.clone())
+            .and_then(|list| Thresholds::from_list(list).ok())
+            .unwrap_or_else(|| defaults.clone());
+        Some(SpendObservation {
+            key_id: self.key_id,
+            event_id: self.event_id.clone(),
+            source_time: self.source_time,
+            total_spend: self.total_spend,
+            budget,
+            period,
+            period_start: self
+                .period_start
+                .unwrap_or_else(|| period_start(period, self.source_time)),
+            thresholds,
+        })
+    }
+}
+
 /// Applies `change` (decided for `obs`) to the period's `state`, as the store records it.
 pub fn apply(state: &mut Vec<ThresholdState>, obs: &SpendObservation, change: &Change) {
     let threshold = change.threshold();
@@ -323,34 +373,79 @@ mod tests {
         }
     }
 
-    /// Applies changes the way a store does, returning the alerts fired.
+    /// Applies the decided changes the way a store does, returning the alerts fired.
     fn apply(state: &mut Vec<ThresholdState>, o: &SpendObservation) -> Vec<BudgetAlert> {
         let mut fired = Vec::new();
         for c in decide(o, state) {
-            let th = c.threshold();
-            let (generation, armed) = match &c {
-                Change::Fire(a) => {
-                    fired.push((**a).clone());
-                    (a.generation, false)
-                }
-                Change::Mark { generation, .. } => (*generation, false),
-                Change::Rearm { .. } => {
-                    if let Some(s) = state.iter_mut().find(|s| s.threshold == th) {
-                        s.armed = true;
-                    }
-                    continue;
-                }
-            };
-            state.retain(|s| s.threshold != th);
-            state.push(ThresholdState {
-                threshold: th,
-                generation,
-                armed,
-                source_time: o.source_time,
-                budget: o.budget,
-            });
+            super::apply(state, o, &c);
+            if let Change::Fire(a) = c {
+                fired.push(*a);
+            }
         }
         fired
+    }
+
+    fn facts(budget: Option<&str>) -> SpendFacts {
+        SpendFacts {
+            key_id: KeyId::new(9).unwrap(),
+            event_id: EventId::parse("ev-facts").unwrap(),
+            source_time: t("2026-11-15T10:00:00Z"),
+            total_spend: d("30"),
+            budget: budget.map(d),
+            period: None,
+            period_start: None,
+        }
+    }
+
+    fn key_with(budget: Option<&str>, thresholds: Option<Vec<u32>>) -> crate::VirtualKey {
+        let mut k = crate::VirtualKey::new(
+            KeyId::new(9).unwrap(),
+            crate::KeyHash::of_raw("condt_facts"),
+            "facts",
+        );
+        k.budget = budget.map(d);
+        k.budget_period = BudgetPeriod::Monthly;
+        k.alert_thresholds = thresholds;
+        k
+    }
+
+    #[test]
+    fn an_observation_takes_the_event_budget_over_the_key_and_the_key_period() {
+        let key = key_with(Some("100"), Some(vec![10, 20]));
+        let o = facts(Some("40"))
+            .observation(Some(&key), &Thresholds::default())
+            .unwrap();
+        assert_eq!(o.budget, d("40"));
+        assert_eq!(o.period, BudgetPeriod::Monthly);
+        assert_eq!(o.period_start, t("2026-11-01T00:00:00Z"));
+        assert_eq!(o.thresholds.as_slice(), &[10, 20]);
+        let o = facts(None)
+            .observation(Some(&key), &Thresholds::default())
+            .unwrap();
+        assert_eq!(
+            o.budget,
+            d("100"),
+            "the key's budget when the event has none"
+        );
+    }
+
+    #[test]
+    fn no_positive_budget_means_no_observation_and_bad_key_thresholds_mean_the_defaults() {
+        let defaults = Thresholds::parse("60,80").unwrap();
+        assert!(facts(None).observation(None, &defaults).is_none());
+        assert!(facts(Some("0")).observation(None, &defaults).is_none());
+        let key = key_with(None, Some(vec![0, 500]));
+        assert!(facts(None).observation(Some(&key), &defaults).is_none());
+        let o = facts(Some("50"))
+            .observation(Some(&key), &defaults)
+            .unwrap();
+        assert_eq!(o.thresholds, defaults);
+        let o = facts(Some("50")).observation(None, &defaults).unwrap();
+        assert_eq!(
+            o.period,
+            BudgetPeriod::Total,
+            "no key, no event period: total"
+        );
     }
 
     #[test]

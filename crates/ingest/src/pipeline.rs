@@ -8,16 +8,15 @@
 //! marked published.
 use crate::envelope::{self, MessageMeta};
 use herald_backplane::{BackplaneError, SharedBackplane};
-use herald_domain::budget::{self, SpendObservation, Thresholds};
+use herald_domain::budget::{SpendFacts, Thresholds};
 use herald_domain::catalog::{ChangeAction, TaskEvent, TaskState, VirtualKeyChanged};
 use herald_domain::{
-    Audience, BudgetPeriod, EventId, InboundEvent, InboundKind, Invalid, KeyId, KeyRef,
-    OutboundEvent, SpendUpdated, VirtualKey,
+    Audience, EventId, InboundEvent, InboundKind, Invalid, KeyId, KeyRef, OutboundEvent,
+    SpendUpdated, VirtualKey,
 };
 use herald_store::{SharedStore, StoreError};
 use herald_telemetry::metrics;
 use herald_telemetry::trace::{self, Span, SpanKind};
-use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -362,56 +361,37 @@ impl Pipeline {
         s: &SpendUpdated,
     ) -> Result<Processed, Failure> {
         let store = &self.inner.store;
-        let key = match &s.key {
-            KeyRef::Id(id) => store.key_by_id(*id).await?,
+        // A key named by hash is looked up first (rare); by id, the store does the lookup,
+        // the total and the budget in one call.
+        let key_id = match &s.key {
+            KeyRef::Id(id) => *id,
             KeyRef::Hash(h) => match store.key_by_hash(h).await? {
-                Some(k) => Some(k),
+                Some(k) => k.id,
                 None => return Err(Failure::Rejected(Invalid::new("unknown key hash"))),
             },
         };
-        let key_id = match (&s.key, &key) {
-            (_, Some(k)) => k.id,
-            (KeyRef::Id(id), None) => *id,
-            (KeyRef::Hash(_), None) => {
-                return Err(Failure::Rejected(Invalid::new("unknown key hash")));
-            }
+        let facts = SpendFacts {
+            key_id,
+            event_id: ev.id.clone(),
+            source_time: ev.source_time,
+            total_spend: s.new_total_spend,
+            budget: s.budget,
+            period: s.budget_period,
+            period_start: s.period_start,
         };
-        let budget = s.budget.or(key.as_ref().and_then(|k| k.budget));
-        let period = s
-            .budget_period
-            .or(key.as_ref().map(|k| k.budget_period))
-            .unwrap_or(BudgetPeriod::Total);
-        let period_start = s
-            .period_start
-            .unwrap_or_else(|| budget::period_start(period, ev.source_time));
-        let thresholds = match key.as_ref().and_then(|k| k.alert_thresholds.clone()) {
-            Some(list) => Thresholds::from_list(list).unwrap_or_else(|e| {
-                tracing::warn!(key_id = %key_id, error = %e, "stored alert thresholds are invalid; using the default");
-                self.inner.config.thresholds.clone()
-            }),
-            None => self.inner.config.thresholds.clone(),
-        };
-
-        store
-            .record_spend(key_id, s.new_total_spend, ev.source_time)
+        let outcome = store
+            .observe_spend(&facts, &self.inner.config.thresholds)
             .await?;
-        let pending = match budget {
-            Some(b) if b > Decimal::ZERO => {
-                store
-                    .evaluate_budget(&SpendObservation {
-                        key_id,
-                        event_id: ev.id.clone(),
-                        source_time: ev.source_time,
-                        total_spend: s.new_total_spend,
-                        budget: b,
-                        period,
-                        period_start,
-                        thresholds,
-                    })
-                    .await?
-            }
-            _ => Vec::new(),
-        };
+        if let Some(list) = outcome
+            .key
+            .as_ref()
+            .and_then(|k| k.alert_thresholds.clone())
+            && let Err(e) = Thresholds::from_list(list)
+        {
+            tracing::warn!(key_id = %key_id, error = %e, "stored alert thresholds are invalid; using the default");
+        }
+        let budget = facts.budget(outcome.key.as_ref());
+        let pending = outcome.pending;
 
         let audiences = [Audience::Key(key_id), Audience::Admin];
         self.publish(
@@ -453,8 +433,10 @@ mod tests {
     use super::*;
     use async_trait::async_trait;
     use herald_backplane::{Backplane, Mailbox, MailboxReceiver, MemoryBackplane, Received};
+    use herald_domain::budget::SpendObservation;
     use herald_domain::{KeyHash, VirtualKey};
     use herald_store::{MemoryStore, PendingAlert, Store};
+    use rust_decimal::Decimal;
     use std::str::FromStr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

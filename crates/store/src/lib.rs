@@ -11,7 +11,7 @@ pub use postgres::{PostgresStore, migrate};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use herald_domain::budget::SpendObservation;
+use herald_domain::budget::{SpendFacts, SpendObservation, Thresholds};
 use herald_domain::{EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use rust_decimal::Decimal;
 use std::sync::Arc;
@@ -32,6 +32,15 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct PendingAlert {
     pub event: OutboundEvent,
+}
+
+/// The store's side of one SpendUpdated (see [`Store::observe_spend`]).
+#[derive(Debug, Clone)]
+pub struct SpendOutcome {
+    /// The key as stored, if it is.
+    pub key: Option<VirtualKey>,
+    /// Every alert of the key still to be published.
+    pub pending: Vec<PendingAlert>,
 }
 
 #[async_trait]
@@ -55,6 +64,24 @@ pub trait Store: Send + Sync + 'static {
         &self,
         obs: &SpendObservation,
     ) -> Result<Vec<PendingAlert>, StoreError>;
+    /// The whole store side of a SpendUpdated: looks its key up, records its total (unless a
+    /// newer one is stored) and, when a positive budget applies, evaluates it. Stores that can
+    /// do it in one round trip override this.
+    async fn observe_spend(
+        &self,
+        facts: &SpendFacts,
+        defaults: &Thresholds,
+    ) -> Result<SpendOutcome, StoreError> {
+        let key = self.key_by_id(facts.key_id).await?;
+        self.record_spend(facts.key_id, facts.total_spend, facts.source_time)
+            .await?;
+        let pending = match facts.observation(key.as_ref(), defaults) {
+            Some(obs) => self.evaluate_budget(&obs).await?,
+            None => Vec::new(),
+        };
+        Ok(SpendOutcome { key, pending })
+    }
+
     /// Records that the alert reached the backplane.
     async fn mark_alert_published(&self, alert: &EventId) -> Result<(), StoreError>;
     /// Ok while the store is reachable.

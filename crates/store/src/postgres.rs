@@ -6,11 +6,14 @@
 //! SpendUpdated — is group-committed: concurrent calls are collected and served by one
 //! statement (or one transaction) per batch, so the consumer's rate is not bounded by one
 //! round trip per message per step. Statements are prepared once per connection.
-use crate::{PendingAlert, Store, StoreError};
+use crate::{PendingAlert, SpendOutcome, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use herald_domain::budget::{self, Change, SpendObservation, ThresholdState};
+use herald_domain::budget::{
+    self, Change, SpendFacts, SpendObservation, ThresholdState, Thresholds,
+};
 use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -46,6 +49,7 @@ pub struct PostgresStore {
     keys: Batcher<KeyId, Option<VirtualKey>>,
     spends: Batcher<Spend, ()>,
     budgets: Batcher<SpendObservation, Vec<PendingAlert>>,
+    observed: Batcher<(SpendFacts, Thresholds), SpendOutcome>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -119,23 +123,29 @@ impl PostgresStore {
         let p = pool.clone();
         let keys = Batcher::spawn(BATCH_WORKERS, BATCH, move |ids| {
             let p = p.clone();
-            async move { keys_by_id(&p, &ids).await }
+            async move { keys_by_id(&client(&p).await?, &ids).await }
         });
         let p = pool.clone();
         let spends = Batcher::spawn(BATCH_WORKERS, BATCH, move |spends| {
             let p = p.clone();
-            async move { record_spends(&p, &spends).await }
+            async move { record_spends(&client(&p).await?, &spends).await }
         });
         let p = pool.clone();
         let budgets = Batcher::spawn(BATCH_WORKERS, BATCH, move |observations| {
             let p = p.clone();
             async move { evaluate_budgets(&p, &observations).await }
         });
+        let p = pool.clone();
+        let observed = Batcher::spawn(BATCH_WORKERS, BATCH, move |spends| {
+            let p = p.clone();
+            async move { observe_spends(&p, &spends).await }
+        });
         Ok(Self {
             pool,
             keys,
             spends,
             budgets,
+            observed,
         })
     }
 
@@ -156,8 +166,10 @@ fn batched<T>(
 }
 
 /// The keys with these ids, in the order asked.
-async fn keys_by_id(pool: &Pool, ids: &[KeyId]) -> Result<Vec<Option<VirtualKey>>, StoreError> {
-    let c = client(pool).await?;
+async fn keys_by_id(
+    c: &impl GenericClient,
+    ids: &[KeyId],
+) -> Result<Vec<Option<VirtualKey>>, StoreError> {
     let sql = format!("SELECT {KEY_COLUMNS} FROM virtual_keys WHERE id = ANY($1)");
     let stmt = c.prepare_cached(&sql).await.map_err(unavailable)?;
     let wanted: Vec<i64> = ids.iter().map(|k| k.get()).collect();
@@ -172,7 +184,7 @@ async fn keys_by_id(pool: &Pool, ids: &[KeyId]) -> Result<Vec<Option<VirtualKey>
 
 /// Records each spend total unless a newer one is stored; within the batch, per key, the
 /// newest by source time wins (the latest of equals), as if they had been recorded in order.
-async fn record_spends(pool: &Pool, spends: &[Spend]) -> Result<Vec<()>, StoreError> {
+async fn record_spends(c: &impl GenericClient, spends: &[Spend]) -> Result<Vec<()>, StoreError> {
     let mut newest: Vec<&Spend> = Vec::with_capacity(spends.len());
     for s in spends {
         match newest.iter_mut().find(|n| n.id == s.id) {
@@ -184,7 +196,6 @@ async fn record_spends(pool: &Pool, spends: &[Spend]) -> Result<Vec<()>, StoreEr
     let ids: Vec<i64> = newest.iter().map(|s| s.id.get()).collect();
     let totals: Vec<Decimal> = newest.iter().map(|s| s.total).collect();
     let ats: Vec<DateTime<Utc>> = newest.iter().map(|s| s.at).collect();
-    let c = client(pool).await?;
     let stmt = c
         .prepare_cached(
             "UPDATE virtual_keys v SET current_spend = u.total, spend_at = u.at, updated_at = now()
@@ -197,6 +208,51 @@ async fn record_spends(pool: &Pool, spends: &[Spend]) -> Result<Vec<()>, StoreEr
         .await
         .map_err(unavailable)?;
     Ok(vec![(); spends.len()])
+}
+
+/// `observe_spend` for a batch, in one transaction: the keys read, the totals recorded, then
+/// the budgets evaluated as `evaluate_budgets` does.
+async fn observe_spends(
+    pool: &Pool,
+    spends: &[(SpendFacts, Thresholds)],
+) -> Result<Vec<SpendOutcome>, StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(unavailable)?;
+    let ids: Vec<KeyId> = spends.iter().map(|(f, _)| f.key_id).collect();
+    let keys = keys_by_id(&tx, &ids).await?;
+    let totals: Vec<Spend> = spends
+        .iter()
+        .map(|(f, _)| Spend {
+            id: f.key_id,
+            total: f.total_spend,
+            at: f.source_time,
+        })
+        .collect();
+    record_spends(&tx, &totals).await?;
+    // Which spends have a budget to evaluate, and their place in the batch.
+    let (places, observations): (Vec<usize>, Vec<SpendObservation>) = spends
+        .iter()
+        .zip(&keys)
+        .enumerate()
+        .filter_map(|(i, ((facts, defaults), key))| {
+            facts.observation(key.as_ref(), defaults).map(|o| (i, o))
+        })
+        .unzip();
+    let mut pending = vec![Vec::new(); spends.len()];
+    if !observations.is_empty() {
+        for (place, alerts) in places
+            .into_iter()
+            .zip(evaluate_in(&tx, &observations).await?)
+        {
+            pending[place] = alerts;
+        }
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(keys
+        .into_iter()
+        .zip(pending)
+        .map(|(key, pending)| SpendOutcome { key, pending })
+        .collect())
 }
 
 fn lock_key(key: KeyId) -> i32 {
@@ -214,6 +270,16 @@ async fn evaluate_budgets(
 ) -> Result<Vec<Vec<PendingAlert>>, StoreError> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(unavailable)?;
+    let pending = evaluate_in(&tx, observations).await?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(pending)
+}
+
+/// The body of `evaluate_budgets`, inside the caller's transaction.
+async fn evaluate_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    observations: &[SpendObservation],
+) -> Result<Vec<Vec<PendingAlert>>, StoreError> {
     let mut locks: Vec<i32> = observations.iter().map(|o| lock_key(o.key_id)).collect();
     locks.sort_unstable();
     locks.dedup();
@@ -260,7 +326,7 @@ async fn evaluate_budgets(
             .entry((obs.key_id.get(), obs.period_start))
             .or_default();
         for change in budget::decide(obs, state) {
-            write_change(&tx, obs, &change).await?;
+            write_change(tx, obs, &change).await?;
             budget::apply(state, obs, &change);
         }
     }
@@ -272,7 +338,6 @@ async fn evaluate_budgets(
         .await
         .map_err(unavailable)?;
     let rows = tx.query(&pending, &[&keys]).await.map_err(unavailable)?;
-    tx.commit().await.map_err(unavailable)?;
     let mut by_key: std::collections::HashMap<i64, Vec<PendingAlert>> =
         std::collections::HashMap::new();
     for r in &rows {
@@ -463,6 +528,14 @@ impl Store for PostgresStore {
         obs: &SpendObservation,
     ) -> Result<Vec<PendingAlert>, StoreError> {
         batched(self.budgets.call(obs.clone()).await)
+    }
+
+    async fn observe_spend(
+        &self,
+        facts: &SpendFacts,
+        defaults: &Thresholds,
+    ) -> Result<SpendOutcome, StoreError> {
+        batched(self.observed.call((facts.clone(), defaults.clone())).await)
     }
 
     async fn mark_alert_published(&self, alert: &EventId) -> Result<(), StoreError> {

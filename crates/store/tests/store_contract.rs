@@ -2,7 +2,7 @@
 //! The same contract, run against the in-memory store and a real PostgreSQL database (one fresh
 //! database per test).
 use chrono::{DateTime, Utc};
-use herald_domain::budget::{SpendObservation, Thresholds};
+use herald_domain::budget::{SpendFacts, SpendObservation, Thresholds};
 use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, VirtualKey};
 use herald_store::{MemoryStore, PostgresStore, SharedStore, Store, StoreError};
 use rust_decimal::Decimal;
@@ -351,5 +351,84 @@ async fn concurrent_calls_for_many_keys_each_get_their_own_answer() {
                 .unwrap()
                 .is_none()
         );
+    }
+}
+
+fn facts(key: i64, event: &str, total: &str, budget: Option<&str>) -> SpendFacts {
+    SpendFacts {
+        key_id: KeyId::new(key).unwrap(),
+        event_id: EventId::parse(event).unwrap(),
+        source_time: t("2026-11-02T00:00:00Z"),
+        total_spend: d(total),
+        budget: budget.map(d),
+        period: None,
+        period_start: None,
+    }
+}
+
+/// `observe_spend` (one transaction per batch in PostgreSQL) does what the three steps do:
+/// the key as stored, its total recorded, its budget evaluated — for many keys at once, keys
+/// without a budget, and keys the store does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observing_spends_looks_up_records_and_evaluates_in_one_call() {
+    let (stores, _db) = stores().await;
+    let defaults = Thresholds::default();
+    for (name, s) in stores {
+        for id in 400..500 {
+            let mut k = key(id, &format!("condt_observe_{id}"));
+            if id % 2 == 1 {
+                k.budget = None;
+            }
+            s.put_key(&k).await.unwrap();
+        }
+        let mut tasks = Vec::new();
+        for id in 400..520i64 {
+            let (s, defaults) = (s.clone(), defaults.clone());
+            tasks.push(tokio::spawn(async move {
+                // Keys 500.. are unknown; 510.. bring their own budget.
+                let budget = (id >= 510).then_some("10");
+                let out = s
+                    .observe_spend(&facts(id, &format!("obs-{id}"), "7.5", budget), &defaults)
+                    .await
+                    .unwrap();
+                (id, out)
+            }));
+        }
+        for task in tasks {
+            let (id, out) = task.await.unwrap();
+            let alerts = out.pending.len();
+            match id {
+                400..500 => {
+                    assert_eq!(out.key.as_ref().map(|k| k.id.get()), Some(id), "{name}");
+                    let stored = s.key_by_id(KeyId::new(id).unwrap()).await.unwrap().unwrap();
+                    assert_eq!(stored.current_spend, d("7.5"), "{name}: key {id}");
+                    // 7.5 of 100 crosses nothing; odd keys have no budget at all.
+                    assert_eq!(alerts, 0, "{name}: key {id}");
+                }
+                500..510 => {
+                    assert!(out.key.is_none(), "{name}");
+                    assert_eq!(alerts, 0, "{name}: unknown key, no budget");
+                }
+                _ => {
+                    // 7.5 of the event's 10 crosses 50 and 75: one alert (75), 50 marked.
+                    assert!(out.key.is_none(), "{name}");
+                    assert_eq!(alerts, 1, "{name}: key {id}: {:?}", out.pending);
+                    assert!(
+                        out.pending[0]
+                            .event
+                            .payload
+                            .get()
+                            .contains(r#""threshold":75"#),
+                        "{name}"
+                    );
+                }
+            }
+        }
+        // Crossing a key's own budget through the same call.
+        let out = s
+            .observe_spend(&facts(400, "obs-400-b", "95", None), &defaults)
+            .await
+            .unwrap();
+        assert_eq!(out.pending.len(), 1, "{name}: 95 of 100 fires 90");
     }
 }
