@@ -118,6 +118,8 @@ pub(crate) struct Inner {
     pub(crate) store: SharedStore,
     pub(crate) backplane: SharedBackplane,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Wakes every open connection's loop when `shutdown` turns true.
+    pub(crate) drain: tokio::sync::Notify,
     pub(crate) connections: AtomicUsize,
 }
 
@@ -142,6 +144,7 @@ impl Gateway {
                 store,
                 backplane,
                 shutdown,
+                drain: tokio::sync::Notify::new(),
                 connections: AtomicUsize::new(0),
             }),
         }
@@ -155,6 +158,8 @@ impl Gateway {
     /// Closes every connection with `Close{allowReconnect:true}` and refuses new ones (503).
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+        // After the flag: a loop that missed this wake-up reads the flag (session::main_loop).
+        self.inner.drain.notify_waiters();
     }
 
     /// Open WebSocket connections on this node.

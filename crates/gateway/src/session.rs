@@ -7,7 +7,7 @@ use crate::cursor::Cursor;
 use crate::hubs::{Hub, HubMethod};
 use crate::protocol::{self, ClientMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use herald_backplane::{Delivery, MailboxReceiver, Position, Received, Subscription};
 use herald_domain::{Audience, KeyHash, KeyId};
 use herald_telemetry::metrics;
@@ -65,8 +65,6 @@ struct Session {
     gw: Arc<Inner>,
     hub: &'static Hub,
     connection_id: String,
-    /// The audiences this connection listens to; nothing else is ever delivered.
-    audiences: Vec<Audience>,
     /// Last position delivered (or skipped as already seen) per audience. Starts at the floors,
     /// so every cursor handed out names every audience of the connection.
     delivered: Cursor,
@@ -74,7 +72,9 @@ struct Session {
     /// `delivered`: its floor at connect, lowered when a Resume replays older events.
     floors: Cursor,
     receiver: MailboxReceiver,
-    _subscriptions: Vec<Subscription>,
+    /// The audiences this connection listens to (one subscription each); nothing else is ever
+    /// delivered.
+    subscriptions: Vec<Subscription>,
     /// An incomplete record carried over to the next frame.
     inbuf: Vec<u8>,
     last_received: Instant,
@@ -90,7 +90,6 @@ struct Session {
     /// `?cursor=` of the connect request, until the resume at the start has run.
     resume: Option<Box<Cursor>>,
     recheck_key: bool,
-    shutdown: watch::Receiver<bool>,
     /// Set when shutdown began: the moment this connection is closed.
     drain_at: Option<Instant>,
     /// `herald_events_delivered_total` of this hub, looked up once.
@@ -176,17 +175,14 @@ pub(crate) fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) -> impl Future<Ou
         ),
         Principal::Master => (None, None),
     };
-    let audiences = setup.subscriptions.iter().map(|s| s.audience()).collect();
-    let shutdown = gw.shutdown.subscribe();
     let mut s = Session {
         ws,
         hub: setup.hub,
         connection_id: setup.connection_id,
-        audiences,
         delivered: setup.floors.clone(),
         floors: setup.floors,
         receiver: setup.receiver,
-        _subscriptions: setup.subscriptions,
+        subscriptions: setup.subscriptions,
         inbuf: Vec::new(),
         last_received: now,
         last_sent: now,
@@ -196,7 +192,6 @@ pub(crate) fn run(ws: WebSocket, gw: Arc<Inner>, setup: Setup) -> impl Future<Ou
         filters: None,
         resume: setup.resume.map(Box::new),
         recheck_key: false,
-        shutdown,
         drain_at: None,
         delivered_total: metrics().delivered.with(setup.hub.name),
         gw,
@@ -225,7 +220,7 @@ impl Session {
         if let Some(cursor) = self.resume.take() {
             // Nothing was delivered yet: start each resumed audience at the cursor, so the
             // replay runs in stream order with a cursor that moves along with it.
-            for &a in &self.audiences {
+            for a in self.subscriptions.iter().map(Subscription::audience) {
                 if let Some(requested) = cursor.get(a)
                     && self.floors.get(a).is_none_or(|f| requested < f)
                 {
@@ -253,6 +248,8 @@ impl Session {
 
     async fn handshake(&mut self) -> Step {
         let deadline = later(Instant::now(), self.gw.config.handshake_timeout);
+        // Sees a shutdown that began before it was created too (`stopping` checks the value).
+        let mut shutdown = self.gw.shutdown.subscribe();
         loop {
             if let Some((record, rest)) = protocol::take_record(&self.inbuf) {
                 let result = protocol::parse_handshake(record);
@@ -268,7 +265,7 @@ impl Session {
                     .await;
             }
             let msg = tokio::select! {
-                () = stopping(&mut self.shutdown) => {
+                () = stopping(&mut shutdown) => {
                     self.close_socket().await;
                     return Err(Stop);
                 }
@@ -307,6 +304,9 @@ impl Session {
     }
 
     async fn main_loop(&mut self) -> Step {
+        // Shutdown is waited for on the node's `Notify` (a 64-byte future) rather than a watch
+        // receiver per connection (16 bytes in the session and a 160-byte future in the loop).
+        let gw = self.gw.clone();
         let timer = tokio::time::sleep_until(self.next_deadline());
         tokio::pin!(timer);
         loop {
@@ -314,25 +314,37 @@ impl Session {
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
+            // Created before the flag is read: a shutdown after this point wakes it, and one
+            // before it is in the flag.
+            let drain = gw.drain.notified();
+            if self.drain_at.is_none() && *gw.shutdown.borrow() {
+                self.begin_drain().await?;
+                continue;
+            }
             // Biased: shutdown first, then what the client sent (so a client's message that is
             // already here counts before the timeout is judged), then events.
             tokio::select! {
                 biased;
-                () = stopping(&mut self.shutdown), if self.drain_at.is_none() => {
-                    // Keep delivering until this connection's turn in the drain window.
-                    let delay = drain_delay(self.gw.config.drain_window);
-                    if delay.is_zero() {
-                        return self.close(Some("Server is shutting down."), true).await;
-                    }
-                    self.drain_at = Some(later(Instant::now(), delay));
-                }
+                () = drain, if self.drain_at.is_none() => self.begin_drain().await?,
                 // `StreamExt::next` (and `SinkExt::send` in `send`) rather than axum's `recv`
                 // and `send`: smaller futures, and this loop's is held by every idle connection.
-                msg = self.ws.next() => self.on_frame(msg).await?,
+                // Boxed: clients send a ping every 15 s and little else, and handling a frame
+                // (records, hub methods) is larger than the rest of the loop.
+                msg = self.ws.next() => Box::pin(self.on_frame(msg)).await?,
                 r = self.receiver.recv() => self.on_mailbox(r).await?,
                 () = &mut timer => self.on_timer().await?,
             }
         }
+    }
+
+    /// Shutdown began: keep delivering until this connection's turn in the drain window.
+    async fn begin_drain(&mut self) -> Step {
+        let delay = drain_delay(self.gw.config.drain_window);
+        if delay.is_zero() {
+            return self.close(Some("Server is shutting down."), true).await;
+        }
+        self.drain_at = Some(later(Instant::now(), delay));
+        Ok(())
     }
 
     async fn on_timer(&mut self) -> Step {
@@ -582,12 +594,16 @@ impl Session {
         wrote
     }
 
+    fn listens_to(&self, audience: Audience) -> bool {
+        self.subscriptions.iter().any(|s| s.audience() == audience)
+    }
+
     /// Appends the record for `d` to `buf` unless the connection already has it or the hub does
     /// not forward it; either way its position counts as delivered. Returns whether a record
     /// was written.
     fn render(&mut self, d: &Delivery, buf: &mut String) -> bool {
         // Defence in depth for "never another key's events": only our own audiences.
-        if !self.audiences.contains(&d.audience) {
+        if !self.listens_to(d.audience) {
             return false;
         }
         if self
@@ -634,22 +650,26 @@ impl Session {
         wrote
     }
 
-    async fn on_mailbox(&mut self, r: Received) -> Step {
+    /// Not an `async fn`: the frame is built before the future starts, so the future (part of
+    /// the loop's, which every idle connection holds) keeps neither `r` nor a `Delivery`.
+    fn on_mailbox(&mut self, r: Received) -> impl Future<Output = Step> + Send + '_ {
         let buf = match r {
-            Received::Delivery(d) => match self.batch(&d) {
-                Some(buf) => buf,
-                None => return self.slow_consumer().await,
-            },
-            Received::Overflowed => return self.slow_consumer().await,
-            Received::Closed => return self.close(Some("Subscription lost."), true).await,
+            Received::Delivery(d) => self.batch(&d).ok_or(true),
+            Received::Overflowed => Err(true),
+            Received::Closed => Err(false),
         };
-        if !buf.is_empty() {
-            self.send(buf).await?;
+        async move {
+            match buf {
+                Err(true) => return self.slow_consumer().await,
+                Err(false) => return self.close(Some("Subscription lost."), true).await,
+                Ok(buf) if !buf.is_empty() => self.send(buf).await?,
+                Ok(_) => {}
+            }
+            if std::mem::take(&mut self.recheck_key) {
+                Box::pin(self.recheck_key()).await?;
+            }
+            Ok(())
         }
-        if std::mem::take(&mut self.recheck_key) {
-            Box::pin(self.recheck_key()).await?;
-        }
-        Ok(())
     }
 
     /// The frame for `first` and everything already queued behind it (up to about
@@ -710,8 +730,8 @@ impl Session {
 
     async fn replay_now(&mut self, from: &Cursor) -> Result<usize, ReplayError> {
         let mut sent = 0;
-        for i in 0..self.audiences.len() {
-            let audience = self.audiences[i];
+        for i in 0..self.subscriptions.len() {
+            let audience = self.subscriptions[i].audience();
             let Some(requested) = from.get(audience) else {
                 continue;
             };
@@ -773,7 +793,7 @@ impl Session {
                         done = true;
                         break;
                     }
-                    Some(_) => self.audiences.contains(&d.audience) && self.write(d, &mut buf),
+                    Some(_) => self.listens_to(d.audience) && self.write(d, &mut buf),
                     None => self.render(d, &mut buf),
                 };
                 if wrote {
@@ -806,12 +826,15 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, text: String) -> Step {
-        SinkExt::send(&mut self.ws, Message::Text(text.into()))
-            .await
-            .map_err(|_| Stop)?;
-        self.last_sent = Instant::now();
-        Ok(())
+    /// Not an `async fn` (nor an async block), which would keep `text` and a second copy of
+    /// the sink's future in its own.
+    fn send(&mut self, text: String) -> impl Future<Output = Step> + Send + '_ {
+        let last_sent = &mut self.last_sent;
+        SinkExt::send(&mut self.ws, Message::Text(text.into())).map(move |r| {
+            r.map_err(|_| Stop)?;
+            *last_sent = Instant::now();
+            Ok(())
+        })
     }
 
     /// Sends a SignalR Close and ends the WebSocket. Always `Err(Stop)`: the session is over.
@@ -861,7 +884,7 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let size = future_size(run);
-        assert!(size <= 1280, "session future is {size} bytes");
+        assert!(size <= 1152, "session future is {size} bytes");
     }
 
     #[test]
