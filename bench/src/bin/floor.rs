@@ -4,14 +4,51 @@
 //! frame per wake-up carrying every record queued for the connection, a ping every 15 s.
 //! Clients connect to `ws://host/hub?access_token=<room>` (no negotiate, no auth, no history).
 use clap::Parser;
+use futures_util::task::AtomicWaker;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::Poll;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes, handshake::server};
 
-type Rooms = Arc<Mutex<HashMap<String, Vec<UnboundedSender<Utf8Bytes>>>>>;
+/// A connection's queue of records: allocated on first use, like Herald's mailbox (tokio's mpsc
+/// allocates a block of slots up front), so both servers pay the same for an idle connection.
+#[derive(Default)]
+struct Queue {
+    records: Mutex<VecDeque<Utf8Bytes>>,
+    waker: AtomicWaker,
+}
+
+impl Queue {
+    fn push(&self, record: Utf8Bytes) {
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(record);
+        self.waker.wake();
+    }
+
+    fn try_pop(&self) -> Option<Utf8Bytes> {
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+
+    async fn pop(&self) -> Utf8Bytes {
+        std::future::poll_fn(|cx| {
+            if let Some(r) = self.try_pop() {
+                return Poll::Ready(r);
+            }
+            self.waker.register(cx.waker());
+            self.try_pop().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+}
+
+type Rooms = Arc<Mutex<HashMap<String, Vec<Weak<Queue>>>>>;
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Parser)]
@@ -45,7 +82,13 @@ async fn main() -> Result<(), Error> {
             .into();
             let mut rooms = feed.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(list) = rooms.get_mut(room) {
-                list.retain(|tx| tx.send(record.clone()).is_ok());
+                list.retain(|queue| match queue.upgrade() {
+                    Some(q) => {
+                        q.push(record.clone());
+                        true
+                    }
+                    None => false,
+                });
             }
         }
         eprintln!("floor: redis subscription ended");
@@ -89,14 +132,14 @@ async fn connection(tcp: tokio::net::TcpStream, rooms: Rooms) -> Option<()> {
         Ok(Message::Text(t)) if t.contains("\"json\"") && t.ends_with('\u{1e}') => {}
         _ => return None,
     }
-    let (tx, mut rx) = unbounded_channel();
+    let queue = Arc::new(Queue::default());
     ws.send(Message::text("{}\u{1e}")).await.ok()?;
     rooms
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .entry(room)
         .or_default()
-        .push(tx);
+        .push(Arc::downgrade(&queue));
     let mut ping = tokio::time::interval(std::time::Duration::from_secs(15));
     loop {
         tokio::select! {
@@ -104,15 +147,14 @@ async fn connection(tcp: tokio::net::TcpStream, rooms: Rooms) -> Option<()> {
                 Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)) => {}
                 _ => return None,
             },
-            first = rx.recv() => {
-                let first = first?;
-                let frame = match rx.try_recv() {
-                    Err(_) => first,
-                    Ok(second) => {
+            first = queue.pop() => {
+                let frame = match queue.try_pop() {
+                    None => first,
+                    Some(second) => {
                         let mut s = String::with_capacity(4 * first.len());
                         s.push_str(&first);
                         s.push_str(&second);
-                        while s.len() < 16 * 1024 && let Ok(next) = rx.try_recv() {
+                        while s.len() < 16 * 1024 && let Some(next) = queue.try_pop() {
                             s.push_str(&next);
                         }
                         s.into()
