@@ -100,9 +100,11 @@ fn cluster_publish_script() -> String {
 
 /// Events handed to one batched publish call at most (each with its audiences' entries).
 const PUBLISH_BATCH: usize = 128;
-/// Batched publish calls in flight at once. One: Redis runs scripts one after another anyway,
-/// and publishes queue up into a larger batch while one runs.
-const PUBLISH_WORKERS: usize = 1;
+/// Batched publish calls in flight at once. Two: a publish that arrives while a batch runs goes
+/// out without waiting for it (the latency scenario's p99 fell from 2.5–4.3 ms to 1.5–2.0 ms
+/// against one worker), and a key's events are never in two batches at once because the
+/// consumer has one message per key in flight.
+const PUBLISH_WORKERS: usize = 2;
 
 /// One audience's copy of an event, as the publish script takes it.
 #[derive(Clone)]
