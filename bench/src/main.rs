@@ -279,6 +279,10 @@ async fn run(args: Args) -> Result<bool, Error> {
             .collect::<Vec<_>>(),
     );
     let failures = Arc::new(AtomicU64::new(0));
+    // How long each publish call takes (µs): the source's share of the bus → client latency.
+    let publish_hist = Arc::new(std::sync::Mutex::new(
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?,
+    ));
     let next = Arc::new(AtomicU64::new(0));
     let cpu_before = procfs::cpu_ticks(&pids);
     let self_cpu_before = procfs::self_cpu_ticks();
@@ -289,11 +293,12 @@ async fn run(args: Args) -> Result<bool, Error> {
     let mut handles = Vec::new();
     if args.source != Source::None {
         for mut w in workers {
-            let (next, published, failures, run_id) = (
+            let (next, published, failures, run_id, publish_hist) = (
                 next.clone(),
                 published.clone(),
                 failures.clone(),
                 run_id.clone(),
+                publish_hist.clone(),
             );
             let (rate, limit, keys) = (args.rate, args.events, args.keys as u64);
             handles.push(tokio::spawn(async move {
@@ -315,8 +320,15 @@ async fn run(args: Args) -> Result<bool, Error> {
                     let key_id = key_base + 1 + k as i64;
                     let mut ok = false;
                     for _ in 0..3 {
+                        let started = Instant::now();
                         match w.publish(&run_id, key_id, seq).await {
                             Ok(()) => {
+                                let us = u64::try_from(started.elapsed().as_micros())
+                                    .unwrap_or(u64::MAX);
+                                let _ = publish_hist
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .record(us.max(1));
                                 ok = true;
                                 break;
                             }
@@ -450,6 +462,10 @@ async fn run(args: Args) -> Result<bool, Error> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
+    let publish_hist = publish_hist
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let lost = expected.saturating_sub(unique);
     let per_conn = |rss: Option<u64>| match (rss_before, rss) {
         (Some(b), Some(a)) if connected > 0 => {
@@ -486,6 +502,11 @@ async fn run(args: Args) -> Result<bool, Error> {
             "p999": ms(hist.value_at_quantile(0.999)),
             "max": ms(hist.max()),
             "samples": hist.len(),
+        },
+        "publish_ms": {
+            "p50": ms(publish_hist.value_at_quantile(0.5)),
+            "p99": ms(publish_hist.value_at_quantile(0.99)),
+            "max": ms(publish_hist.max()),
         },
         "server_rss_kib": {"before": rss_before, "idle": rss_idle, "after": rss_after},
         "rss_per_conn_bytes": per_conn(rss_idle),
