@@ -7,13 +7,20 @@
 //! A failed batch of several requests is retried one request at a time, so one request the
 //! dependency refuses (bad data) fails alone instead of taking its batch-mates with it; when
 //! the dependency is down, each of those calls fails fast anyway.
+//!
+//! Each batch call runs in a task of its own. If it panics (a bug, perhaps set off by one
+//! request's data), its batch is retried one request at a time like a failed one, and the
+//! caller whose request still panics alone panics in turn: the panic lands in the caller's
+//! task, whose own isolation deals with it (the consumer dead-letters that message), and the
+//! workers keep serving everyone else.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-type Reply<Resp, E> = oneshot::Sender<Result<Resp, E>>;
+/// `None`: the request's batch call panicked when it ran alone.
+type Reply<Resp, E> = oneshot::Sender<Option<Result<Resp, E>>>;
 /// The request queue, shared by the workers.
 type Queue<Req, Resp, E> = Arc<Mutex<mpsc::UnboundedReceiver<(Req, Reply<Resp, E>)>>>;
 
@@ -60,10 +67,39 @@ where
     }
 
     /// Submits one request and waits for its answer.
+    ///
+    /// # Panics
+    /// When the batch call panicked on this request alone: the panic is passed on to the
+    /// caller (see the module documentation).
     pub async fn call(&self, req: Req) -> Result<Result<Resp, E>, NoAnswer> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((req, reply)).map_err(|_| NoAnswer)?;
-        answer.await.map_err(|_| NoAnswer)
+        match answer.await.map_err(|_| NoAnswer)? {
+            Some(answer) => Ok(answer),
+            None => panic!("a batch call panicked on this request"),
+        }
+    }
+}
+
+/// How one batch call ended.
+enum Ended<Resp, E> {
+    Answered(Vec<Resp>),
+    Failed(E),
+    Panicked,
+}
+
+/// Runs one batch call in a task of its own, so a panic ends the call, not the worker.
+async fn run<Req, Resp, E, F, Fut>(batch: &Arc<F>, reqs: Arc<[Req]>) -> Ended<Resp, E>
+where
+    F: Fn(Arc<[Req]>) -> Fut,
+    Fut: Future<Output = Result<Vec<Resp>, E>> + Send + 'static,
+    Resp: Send + 'static,
+    E: Send + 'static,
+{
+    match tokio::spawn(batch(reqs)).await {
+        Ok(Ok(answers)) => Ended::Answered(answers),
+        Ok(Err(e)) => Ended::Failed(e),
+        Err(_) => Ended::Panicked,
     }
 }
 
@@ -71,7 +107,9 @@ async fn worker<Req, Resp, E, F, Fut>(rx: Queue<Req, Resp, E>, batch: Arc<F>, ma
 where
     Req: Clone,
     F: Fn(Arc<[Req]>) -> Fut,
-    Fut: Future<Output = Result<Vec<Resp>, E>>,
+    Fut: Future<Output = Result<Vec<Resp>, E>> + Send + 'static,
+    Resp: Send + 'static,
+    E: Send + 'static,
 {
     let mut taken = Vec::with_capacity(max_batch);
     loop {
@@ -85,21 +123,19 @@ where
         }
         let (reqs, replies): (Vec<Req>, Vec<Reply<Resp, E>>) = taken.drain(..).unzip();
         let reqs: Arc<[Req]> = reqs.into();
-        match batch(reqs.clone()).await {
-            Ok(answers) => answer(replies, answers),
-            Err(e) if reqs.len() == 1 => {
+        match run(&batch, reqs.clone()).await {
+            Ended::Answered(answers) => answer(replies, answers),
+            ended if reqs.len() == 1 => {
                 if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(e));
+                    fail(reply, ended);
                 }
             }
-            Err(_) => {
+            // Several requests: each again alone, so only the one at fault fails.
+            _ => {
                 for (req, reply) in reqs.iter().zip(replies) {
-                    let alone: Arc<[Req]> = Arc::new([req.clone()]);
-                    match batch(alone).await {
-                        Ok(answers) => answer(vec![reply], answers),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
+                    match run(&batch, Arc::new([req.clone()])).await {
+                        Ended::Answered(answers) => answer(vec![reply], answers),
+                        ended => fail(reply, ended),
                     }
                 }
             }
@@ -107,11 +143,19 @@ where
     }
 }
 
+/// Tells a caller its request failed alone (or panicked alone).
+fn fail<Resp, E>(reply: Reply<Resp, E>, ended: Ended<Resp, E>) {
+    let _ = reply.send(match ended {
+        Ended::Failed(e) => Some(Err(e)),
+        Ended::Answered(_) | Ended::Panicked => None,
+    });
+}
+
 /// Hands each caller its answer. A missing answer drops its reply sender: that caller gets
 /// `NoAnswer`, never another request's answer.
 fn answer<Resp, E>(replies: Vec<Reply<Resp, E>>, answers: Vec<Resp>) {
     for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(Ok(answer));
+        let _ = reply.send(Some(Ok(answer)));
     }
 }
 
@@ -192,6 +236,28 @@ mod tests {
                 assert_eq!(a, Ok(Ok(i)), "request {i}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_panics_its_caller_alone_and_the_workers_go_on() {
+        let c = Coalescer::spawn(1, 64, |reqs: Arc<[u32]>| async move {
+            tokio::task::yield_now().await;
+            assert!(!reqs.contains(&13), "a bug set off by request 13");
+            Ok::<_, String>(reqs.to_vec())
+        });
+        let calls: Vec<_> = (0..40u32)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move { c.call(i).await })
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            match call.await {
+                Ok(answer) => assert_eq!(answer, Ok(Ok(i as u32)), "request {i}"),
+                Err(e) => assert!(i == 13 && e.is_panic(), "request {i}: {e}"),
+            }
+        }
+        assert_eq!(c.call(99).await, Ok(Ok(99)), "still serving");
     }
 
     #[tokio::test]
