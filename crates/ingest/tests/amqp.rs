@@ -5,11 +5,11 @@ use async_trait::async_trait;
 use herald_backplane::{
     Backplane, Mailbox, MailboxReceiver, MemoryBackplane, Received, Subscription,
 };
-use herald_domain::budget::SpendObservation;
+use herald_domain::budget::{SpendFacts, SpendObservation, Thresholds};
 use herald_domain::{Audience, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use herald_ingest::amqp::{self, AmqpConfig, Consumer, ConsumerStats, EnvelopeKind};
 use herald_ingest::{Pipeline, PipelineConfig};
-use herald_store::{MemoryStore, PendingAlert, SharedStore, Store, StoreError};
+use herald_store::{MemoryStore, PendingAlert, SharedStore, SpendOutcome, Store, StoreError};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -1097,5 +1097,135 @@ async fn keys_are_processed_in_parallel_and_each_key_in_order() {
     .await;
     run.stop().await;
     assert_eq!(broker.count(&base).await, 0);
+    broker.cleanup(&cfg).await;
+}
+
+/// A store that, like the PostgreSQL one, serves `observe_spend` through group-committed
+/// batches, and whose batch call panics (a bug) whenever the batch holds key 13.
+struct PanicsOnKey13 {
+    inner: Arc<MemoryStore>,
+    observed: herald_coalesce::Coalescer<(SpendFacts, Thresholds), SpendOutcome, StoreError>,
+}
+
+impl PanicsOnKey13 {
+    fn new() -> Self {
+        let inner = Arc::new(MemoryStore::new());
+        let store = inner.clone();
+        let observed = herald_coalesce::Coalescer::spawn(
+            1,
+            64,
+            move |spends: Arc<[(SpendFacts, Thresholds)]>| {
+                let store = store.clone();
+                async move {
+                    assert!(
+                        spends.iter().all(|(f, _)| f.key_id.get() != 13),
+                        "a bug set off by key 13"
+                    );
+                    let mut out = Vec::with_capacity(spends.len());
+                    for (facts, defaults) in spends.iter() {
+                        out.push(store.observe_spend(facts, defaults).await?);
+                    }
+                    Ok(out)
+                }
+            },
+        );
+        Self { inner, observed }
+    }
+}
+
+#[async_trait]
+impl Store for PanicsOnKey13 {
+    async fn key_by_hash(&self, h: &KeyHash) -> Result<Option<VirtualKey>, StoreError> {
+        self.inner.key_by_hash(h).await
+    }
+    async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError> {
+        self.inner.key_by_id(id).await
+    }
+    async fn put_key(&self, k: &VirtualKey) -> Result<(), StoreError> {
+        self.inner.put_key(k).await
+    }
+    async fn delete_key(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.inner.delete_key(id).await
+    }
+    async fn record_spend(
+        &self,
+        id: KeyId,
+        total: Decimal,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.record_spend(id, total, at).await
+    }
+    async fn evaluate_budget(&self, o: &SpendObservation) -> Result<Vec<PendingAlert>, StoreError> {
+        self.inner.evaluate_budget(o).await
+    }
+    async fn observe_spend(
+        &self,
+        facts: &SpendFacts,
+        defaults: &Thresholds,
+    ) -> Result<SpendOutcome, StoreError> {
+        self.observed
+            .call((facts.clone(), defaults.clone()))
+            .await
+            .map_err(|_| StoreError::Unavailable("batch worker stopped".into()))?
+    }
+    async fn mark_alert_published(&self, a: &EventId) -> Result<(), StoreError> {
+        self.inner.mark_alert_published(a).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// A bug in a group-committed store call, set off by one message, costs that message (dead-
+/// lettered with a reason) and nothing else: its batch-mates and later messages flow, and the
+/// batch worker keeps serving.
+#[tokio::test]
+async fn a_panic_in_a_batched_store_call_dead_letters_one_message_and_the_rest_flow() {
+    let base = unique();
+    let cfg = config(&base);
+    let broker = Broker::new().await;
+    let mut node = Node::new(Arc::new(PanicsOnKey13::new())).await;
+    let run = node.start(&cfg).await;
+    for key in 1..=20 {
+        let body = format!(r#"{{"KeyId":{key},"Amount":1,"NewTotalSpend":{key}}}"#);
+        broker
+            .publish(
+                &mt_exchange(&base),
+                "",
+                &mt_body(&base, &format!("p-{key}"), &body),
+                mt_props(),
+            )
+            .await;
+    }
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 19 {
+        let ev = node.next(WAIT).await.expect("a SpendUpdate");
+        got.insert(ev.event_id.as_str().to_owned());
+    }
+    assert!(!got.contains("p-13"), "{got:?}");
+    let stats = run.stats.clone();
+    eventually("19 acks and one dead letter", || {
+        stats.processed.load(Ordering::SeqCst) == 19
+            && stats.dead_lettered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    run.stop().await;
+    assert_eq!(broker.count(&base).await, 0, "nothing held or left");
+    let dead = amqp::dead_letter_name(&base);
+    let msg = broker
+        .ch
+        .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    let headers = msg.properties.headers().clone().unwrap_or_default();
+    assert_eq!(
+        amqp::header_text(&headers, amqp::REASON_HEADER).as_deref(),
+        Some("internal error while processing")
+    );
+    assert_eq!(
+        amqp::header_text(&headers, amqp::EVENT_ID_HEADER).as_deref(),
+        Some("p-13")
+    );
     broker.cleanup(&cfg).await;
 }
