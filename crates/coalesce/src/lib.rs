@@ -8,14 +8,16 @@
 //! dependency refuses (bad data) fails alone instead of taking its batch-mates with it; when
 //! the dependency is down, each of those calls fails fast anyway.
 //!
-//! Each batch call runs in a task of its own. If it panics (a bug, perhaps set off by one
-//! request's data), its batch is retried one request at a time like a failed one, and the
-//! caller whose request still panics alone panics in turn: the panic lands in the caller's
-//! task, whose own isolation deals with it (the consumer dead-letters that message), and the
-//! workers keep serving everyone else.
+//! A batch call that panics (a bug, perhaps set off by one request's data) is caught and its
+//! batch retried one request at a time like a failed one; the caller whose request still
+//! panics alone panics in turn. The panic lands in the caller's task, whose own isolation deals
+//! with it (the consumer dead-letters that message), and the workers keep serving everyone
+//! else.
 #![forbid(unsafe_code)]
 
+use futures_util::FutureExt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -47,7 +49,7 @@ impl<Req, Resp, E> Coalescer<Req, Resp, E>
 where
     Req: Clone + Send + Sync + 'static,
     Resp: Send + 'static,
-    E: Clone + Send + 'static,
+    E: Send + 'static,
 {
     /// Starts `workers` tasks (at least one) on the current runtime, each running `batch` on
     /// up to `max_batch` requests at a time; several workers let one batch be prepared while
@@ -88,15 +90,14 @@ enum Ended<Resp, E> {
     Panicked,
 }
 
-/// Runs one batch call in a task of its own, so a panic ends the call, not the worker.
+/// Runs one batch call, catching a panic so it ends the call, not the worker. (Not a task of
+/// its own: that would add a scheduling hop to every batch.)
 async fn run<Req, Resp, E, F, Fut>(batch: &Arc<F>, reqs: Arc<[Req]>) -> Ended<Resp, E>
 where
     F: Fn(Arc<[Req]>) -> Fut,
-    Fut: Future<Output = Result<Vec<Resp>, E>> + Send + 'static,
-    Resp: Send + 'static,
-    E: Send + 'static,
+    Fut: Future<Output = Result<Vec<Resp>, E>>,
 {
-    match tokio::spawn(batch(reqs)).await {
+    match AssertUnwindSafe(batch(reqs)).catch_unwind().await {
         Ok(Ok(answers)) => Ended::Answered(answers),
         Ok(Err(e)) => Ended::Failed(e),
         Err(_) => Ended::Panicked,
@@ -107,9 +108,7 @@ async fn worker<Req, Resp, E, F, Fut>(rx: Queue<Req, Resp, E>, batch: Arc<F>, ma
 where
     Req: Clone,
     F: Fn(Arc<[Req]>) -> Fut,
-    Fut: Future<Output = Result<Vec<Resp>, E>> + Send + 'static,
-    Resp: Send + 'static,
-    E: Send + 'static,
+    Fut: Future<Output = Result<Vec<Resp>, E>>,
 {
     let mut taken = Vec::with_capacity(max_batch);
     loop {
