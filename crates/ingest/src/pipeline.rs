@@ -431,11 +431,10 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use async_trait::async_trait;
     use herald_backplane::{Backplane, Mailbox, MailboxReceiver, MemoryBackplane, Received};
-    use herald_domain::budget::SpendObservation;
     use herald_domain::{KeyHash, VirtualKey};
-    use herald_store::{MemoryStore, PendingAlert, Store};
+    use herald_store::hooked::{Call, Hooked};
+    use herald_store::{MemoryStore, Store};
     use rust_decimal::Decimal;
     use std::str::FromStr;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -901,73 +900,27 @@ mod tests {
         }
     }
 
-    /// A store whose `fail_call`-th call (1-based, counted in `calls`) fails as unavailable.
-    struct Flaky {
-        inner: MemoryStore,
-        calls: AtomicUsize,
-        fail_call: AtomicUsize,
-    }
-
-    impl Flaky {
-        fn check(&self) -> Result<(), StoreError> {
-            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            if n == self.fail_call.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("down".into()));
-            }
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl Store for Flaky {
-        async fn key_by_hash(&self, h: &KeyHash) -> Result<Option<VirtualKey>, StoreError> {
-            self.check()?;
-            self.inner.key_by_hash(h).await
-        }
-        async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError> {
-            self.check()?;
-            self.inner.key_by_id(id).await
-        }
-        async fn put_key(&self, k: &VirtualKey) -> Result<(), StoreError> {
-            self.inner.put_key(k).await
-        }
-        async fn delete_key(&self, id: KeyId) -> Result<bool, StoreError> {
-            self.inner.delete_key(id).await
-        }
-        async fn record_spend(
-            &self,
-            id: KeyId,
-            total: Decimal,
-            at: chrono::DateTime<chrono::Utc>,
-        ) -> Result<(), StoreError> {
-            self.check()?;
-            self.inner.record_spend(id, total, at).await
-        }
-        async fn evaluate_budget(
-            &self,
-            o: &SpendObservation,
-        ) -> Result<Vec<PendingAlert>, StoreError> {
-            self.check()?;
-            self.inner.evaluate_budget(o).await
-        }
-        async fn mark_alert_published(&self, a: &EventId) -> Result<(), StoreError> {
-            self.check()?;
-            self.inner.mark_alert_published(a).await
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            self.check()
-        }
+    /// A store whose `fail_call`-th call (1-based, counted in `calls`; adding and deleting
+    /// keys not counted) fails as unavailable.
+    fn flaky(calls: Arc<AtomicUsize>, fail_call: Arc<AtomicUsize>) -> Hooked {
+        Hooked::new(move |call| {
+            let counted = !matches!(call, Call::PutKey(_) | Call::DeleteKey(_));
+            let failing = counted
+                && calls.fetch_add(1, Ordering::SeqCst) + 1 == fail_call.load(Ordering::SeqCst);
+            std::future::ready(if failing {
+                Err(StoreError::Unavailable("down".into()))
+            } else {
+                Ok(())
+            })
+        })
     }
 
     #[tokio::test]
     async fn store_outage_is_transient_and_a_retry_completes_the_work() {
-        let store = Arc::new(Flaky {
-            inner: MemoryStore::new(),
-            calls: AtomicUsize::new(0),
-            fail_call: AtomicUsize::new(0),
-        });
+        let (calls, fail_call) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let store = Arc::new(flaky(calls.clone(), fail_call.clone()));
         let backplane = Arc::new(MemoryBackplane::new(100));
-        let p = Pipeline::new(PipelineConfig::default(), store.clone(), backplane.clone());
+        let p = Pipeline::new(PipelineConfig::default(), store, backplane.clone());
         let (mut rx, _s) = listen(&backplane, Audience::Admin).await;
         let body = mt(
             "m-1",
@@ -975,15 +928,15 @@ mod tests {
         );
         // Fails at each step in turn: key lookup, record, evaluate, and after publishing (mark).
         for n in 1..=4 {
-            store.calls.store(0, Ordering::SeqCst);
-            store.fail_call.store(n, Ordering::SeqCst);
+            calls.store(0, Ordering::SeqCst);
+            fail_call.store(n, Ordering::SeqCst);
             let r = p.process(&body, &meta()).await;
             assert!(
                 matches!(&r, Err(Failure::Transient(m)) if m.contains("down")),
                 "step {n}: {r:?}"
             );
         }
-        store.fail_call.store(0, Ordering::SeqCst);
+        fail_call.store(0, Ordering::SeqCst);
         let done = p.process(&body, &meta()).await.unwrap();
         // The alert went out before the failed mark, so it is still pending and handed to the
         // backplane again; the backplane drops the repeat.

@@ -1,15 +1,14 @@
 //! Against the real RabbitMQ (HERALD_TEST_AMQP_URL, default the local broker). Every test
 //! uses its own queue and exchanges (`herald.test.<random>`) and deletes them at the end.
 #![allow(clippy::unwrap_used)]
-use async_trait::async_trait;
 use herald_backplane::{
     Backplane, Mailbox, MailboxReceiver, MemoryBackplane, Received, Subscription,
 };
-use herald_domain::budget::{SpendFacts, SpendObservation, Thresholds};
-use herald_domain::{Audience, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
+use herald_domain::{Audience, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use herald_ingest::amqp::{self, AmqpConfig, Consumer, ConsumerStats, EnvelopeKind};
 use herald_ingest::{Pipeline, PipelineConfig};
-use herald_store::{MemoryStore, PendingAlert, SharedStore, SpendOutcome, Store, StoreError};
+use herald_store::hooked::{Call, Hooked};
+use herald_store::{MemoryStore, SharedStore, Store, StoreError};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -566,66 +565,37 @@ async fn a_redelivered_message_yields_one_spend_update_and_one_alert() {
     broker.cleanup(&cfg).await;
 }
 
-/// A store that is unavailable while `down` is set; counts the calls it refused.
+/// A store that is unavailable while `down` is set (adding and deleting keys still work);
+/// counts the calls it refused.
+#[derive(Clone)]
 struct Flaky {
-    inner: MemoryStore,
-    down: AtomicBool,
-    refused: AtomicUsize,
+    down: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
+    store: SharedStore,
 }
 
 impl Flaky {
-    fn new(down: bool) -> Arc<Self> {
-        Arc::new(Self {
-            inner: MemoryStore::new(),
-            down: AtomicBool::new(down),
-            refused: AtomicUsize::new(0),
-        })
-    }
-
-    fn check(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("test outage".into()));
+    fn new(down: bool) -> Self {
+        let down = Arc::new(AtomicBool::new(down));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (is_down, count) = (down.clone(), refused.clone());
+        let store = Hooked::new(move |call| {
+            let refuse = !matches!(call, Call::PutKey(_) | Call::DeleteKey(_))
+                && is_down.load(Ordering::SeqCst);
+            if refuse {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            std::future::ready(if refuse {
+                Err(StoreError::Unavailable("test outage".into()))
+            } else {
+                Ok(())
+            })
+        });
+        Self {
+            down,
+            refused,
+            store: Arc::new(store),
         }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Store for Flaky {
-    async fn key_by_hash(&self, h: &KeyHash) -> Result<Option<VirtualKey>, StoreError> {
-        self.check()?;
-        self.inner.key_by_hash(h).await
-    }
-    async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError> {
-        self.check()?;
-        self.inner.key_by_id(id).await
-    }
-    async fn put_key(&self, k: &VirtualKey) -> Result<(), StoreError> {
-        self.inner.put_key(k).await
-    }
-    async fn delete_key(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.inner.delete_key(id).await
-    }
-    async fn record_spend(
-        &self,
-        id: KeyId,
-        total: Decimal,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.record_spend(id, total, at).await
-    }
-    async fn evaluate_budget(&self, o: &SpendObservation) -> Result<Vec<PendingAlert>, StoreError> {
-        self.check()?;
-        self.inner.evaluate_budget(o).await
-    }
-    async fn mark_alert_published(&self, a: &EventId) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.mark_alert_published(a).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.check()
     }
 }
 
@@ -635,7 +605,7 @@ async fn a_transient_failure_holds_the_message_until_the_store_recovers() {
     let cfg = config(&base);
     let broker = Broker::new().await;
     let store = Flaky::new(true);
-    let mut node = Node::new(store.clone()).await;
+    let mut node = Node::new(store.store.clone()).await;
     let run = node.start(&cfg).await;
     broker
         .publish(
@@ -686,7 +656,7 @@ async fn shutdown_while_retrying_leaves_the_message_in_the_queue() {
     let cfg = config(&base);
     let broker = Broker::new().await;
     let store = Flaky::new(true);
-    let mut node = Node::new(store.clone()).await;
+    let mut node = Node::new(store.store.clone()).await;
     let run = node.start(&cfg).await;
     broker
         .publish(
@@ -789,7 +759,7 @@ async fn a_message_held_across_a_lost_connection_is_processed_once() {
     let cfg = config(&base);
     let broker = Broker::new().await;
     let store = Flaky::new(true);
-    let mut node = Node::new(store.clone()).await;
+    let mut node = Node::new(store.store.clone()).await;
     let run = node.start(&cfg).await;
     broker
         .publish(
@@ -1006,59 +976,19 @@ async fn task_events_wait_for_their_owner_within_a_bounded_window() {
     broker.cleanup(&cfg).await;
 }
 
-/// Delays every `record_spend` of one key: a slow key.
-struct SlowKey {
-    inner: MemoryStore,
-    slow: KeyId,
-    delay: Duration,
-}
-
-#[async_trait]
-impl Store for SlowKey {
-    async fn key_by_hash(&self, h: &KeyHash) -> Result<Option<VirtualKey>, StoreError> {
-        self.inner.key_by_hash(h).await
-    }
-    async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError> {
-        self.inner.key_by_id(id).await
-    }
-    async fn put_key(&self, k: &VirtualKey) -> Result<(), StoreError> {
-        self.inner.put_key(k).await
-    }
-    async fn delete_key(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.inner.delete_key(id).await
-    }
-    async fn record_spend(
-        &self,
-        id: KeyId,
-        total: Decimal,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), StoreError> {
-        if id == self.slow {
-            tokio::time::sleep(self.delay).await;
-        }
-        self.inner.record_spend(id, total, at).await
-    }
-    async fn evaluate_budget(&self, o: &SpendObservation) -> Result<Vec<PendingAlert>, StoreError> {
-        self.inner.evaluate_budget(o).await
-    }
-    async fn mark_alert_published(&self, a: &EventId) -> Result<(), StoreError> {
-        self.inner.mark_alert_published(a).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-}
-
 #[tokio::test]
 async fn keys_are_processed_in_parallel_and_each_key_in_order() {
     let base = unique();
     let cfg = config(&base);
     let broker = Broker::new().await;
-    let store = SlowKey {
-        inner: MemoryStore::new(),
-        slow: KeyId::new(1).unwrap(),
-        delay: Duration::from_secs(1),
-    };
+    // Every `record_spend` of key 1 takes a second: a slow key.
+    let slow = KeyId::new(1).unwrap();
+    let store = Hooked::new(move |call| async move {
+        if call == Call::RecordSpend(slow) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(())
+    });
     let mut node = Node::new(Arc::new(store)).await;
     let run = node.start(&cfg).await;
     // Key 1 first (slow), then key 2's ten messages, then key 1 again.
@@ -1100,80 +1030,29 @@ async fn keys_are_processed_in_parallel_and_each_key_in_order() {
     broker.cleanup(&cfg).await;
 }
 
-/// A store that, like the PostgreSQL one, serves `observe_spend` through group-committed
-/// batches, and whose batch call panics (a bug) whenever the batch holds key 13.
-struct PanicsOnKey13 {
-    inner: Arc<MemoryStore>,
-    observed: herald_coalesce::Coalescer<(SpendFacts, Thresholds), SpendOutcome, StoreError>,
-}
-
-impl PanicsOnKey13 {
-    fn new() -> Self {
-        let inner = Arc::new(MemoryStore::new());
-        let store = inner.clone();
-        let observed = herald_coalesce::Coalescer::spawn(
-            1,
-            64,
-            move |spends: Arc<[(SpendFacts, Thresholds)]>| {
-                let store = store.clone();
-                async move {
-                    assert!(
-                        spends.iter().all(|(f, _)| f.key_id.get() != 13),
-                        "a bug set off by key 13"
-                    );
-                    let mut out = Vec::with_capacity(spends.len());
-                    for (facts, defaults) in spends.iter() {
-                        out.push(store.observe_spend(facts, defaults).await?);
-                    }
-                    Ok(out)
-                }
-            },
+/// A store that, like the PostgreSQL one, group-commits its spend totals, and whose batch call
+/// panics (a bug) whenever the batch holds key 13.
+fn panics_on_key_13() -> Hooked {
+    let totals = herald_coalesce::Coalescer::spawn(1, 64, |keys: Arc<[KeyId]>| async move {
+        tokio::task::yield_now().await;
+        assert!(
+            keys.iter().all(|k| k.get() != 13),
+            "a bug set off by key 13"
         );
-        Self { inner, observed }
-    }
-}
-
-#[async_trait]
-impl Store for PanicsOnKey13 {
-    async fn key_by_hash(&self, h: &KeyHash) -> Result<Option<VirtualKey>, StoreError> {
-        self.inner.key_by_hash(h).await
-    }
-    async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError> {
-        self.inner.key_by_id(id).await
-    }
-    async fn put_key(&self, k: &VirtualKey) -> Result<(), StoreError> {
-        self.inner.put_key(k).await
-    }
-    async fn delete_key(&self, id: KeyId) -> Result<bool, StoreError> {
-        self.inner.delete_key(id).await
-    }
-    async fn record_spend(
-        &self,
-        id: KeyId,
-        total: Decimal,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), StoreError> {
-        self.inner.record_spend(id, total, at).await
-    }
-    async fn evaluate_budget(&self, o: &SpendObservation) -> Result<Vec<PendingAlert>, StoreError> {
-        self.inner.evaluate_budget(o).await
-    }
-    async fn observe_spend(
-        &self,
-        facts: &SpendFacts,
-        defaults: &Thresholds,
-    ) -> Result<SpendOutcome, StoreError> {
-        self.observed
-            .call((facts.clone(), defaults.clone()))
-            .await
-            .map_err(|_| StoreError::Unavailable("batch worker stopped".into()))?
-    }
-    async fn mark_alert_published(&self, a: &EventId) -> Result<(), StoreError> {
-        self.inner.mark_alert_published(a).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
+        Ok::<_, StoreError>(vec![(); keys.len()])
+    });
+    Hooked::new(move |call| {
+        let totals = totals.clone();
+        async move {
+            match call {
+                Call::RecordSpend(key) => totals
+                    .call(key)
+                    .await
+                    .map_err(|_| StoreError::Unavailable("batch worker stopped".into()))?,
+                _ => Ok(()),
+            }
+        }
+    })
 }
 
 /// A bug in a group-committed store call, set off by one message, costs that message (dead-
@@ -1184,7 +1063,7 @@ async fn a_panic_in_a_batched_store_call_dead_letters_one_message_and_the_rest_f
     let base = unique();
     let cfg = config(&base);
     let broker = Broker::new().await;
-    let mut node = Node::new(Arc::new(PanicsOnKey13::new())).await;
+    let mut node = Node::new(Arc::new(panics_on_key_13())).await;
     let run = node.start(&cfg).await;
     for key in 1..=20 {
         let body = format!(r#"{{"KeyId":{key},"Amount":1,"NewTotalSpend":{key}}}"#);

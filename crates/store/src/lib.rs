@@ -3,6 +3,8 @@
 //! pure budget rules from `herald_domain::budget`.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "test-support")]
+pub mod hooked;
 mod memory;
 mod postgres;
 
