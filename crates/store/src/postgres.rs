@@ -2,10 +2,10 @@
 //! of `budget_alerts` make firing exactly-once even if two consumers race past the lock (e.g.
 //! after a failover).
 //!
-//! The consumer's hot path — key lookup, spend total, budget evaluation, one of each per
-//! SpendUpdated — is group-committed: concurrent calls are collected and served by one
-//! statement (or one transaction) per batch, so the consumer's rate is not bounded by one
-//! round trip per message per step. Statements are prepared once per connection.
+//! The consumer's hot path — the key lookup, spend total and budget evaluation of a
+//! SpendUpdated, one `observe_spend` call — is group-committed: concurrent calls share one
+//! transaction per batch, so the consumer's rate is not bounded by round trips per message.
+//! Key lookups by id are batched the same way. Statements are prepared once per connection.
 use crate::{PendingAlert, SpendOutcome, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -47,8 +47,6 @@ type Batcher<Req, Resp> = herald_coalesce::Coalescer<Req, Resp, StoreError>;
 pub struct PostgresStore {
     pool: Pool,
     keys: Batcher<KeyId, Option<VirtualKey>>,
-    spends: Batcher<Spend, ()>,
-    budgets: Batcher<SpendObservation, Vec<PendingAlert>>,
     observed: Batcher<(SpendFacts, Thresholds), SpendOutcome>,
 }
 
@@ -126,16 +124,6 @@ impl PostgresStore {
             async move { keys_by_id(&client(&p).await?, &ids).await }
         });
         let p = pool.clone();
-        let spends = Batcher::spawn(BATCH_WORKERS, BATCH, move |spends| {
-            let p = p.clone();
-            async move { record_spends(&client(&p).await?, &spends).await }
-        });
-        let p = pool.clone();
-        let budgets = Batcher::spawn(BATCH_WORKERS, BATCH, move |observations| {
-            let p = p.clone();
-            async move { evaluate_budgets(&p, &observations).await }
-        });
-        let p = pool.clone();
         let observed = Batcher::spawn(BATCH_WORKERS, BATCH, move |spends| {
             let p = p.clone();
             async move { observe_spends(&p, &spends).await }
@@ -143,8 +131,6 @@ impl PostgresStore {
         Ok(Self {
             pool,
             keys,
-            spends,
-            budgets,
             observed,
         })
     }
@@ -211,7 +197,7 @@ async fn record_spends(c: &impl GenericClient, spends: &[Spend]) -> Result<Vec<(
 }
 
 /// `observe_spend` for a batch, in one transaction: the keys read, the totals recorded, then
-/// the budgets evaluated as `evaluate_budgets` does.
+/// the budgets evaluated (`evaluate_in`).
 async fn observe_spends(
     pool: &Pool,
     spends: &[(SpendFacts, Thresholds)],
@@ -259,23 +245,11 @@ fn lock_key(key: KeyId) -> i32 {
     i32::try_from(key.get().rem_euclid(i64::from(i32::MAX))).unwrap_or(0)
 }
 
-/// Evaluates a batch of observations in one transaction: the keys' advisory locks are taken
-/// in ascending order (so batches of concurrent consumers cannot deadlock), the state of
-/// every period involved is read at once, the pure budget rules run for each observation in
-/// batch order (a later observation of a key sees what an earlier one changed), the changes
-/// are written, and each observation gets every alert of its key still to be published.
-async fn evaluate_budgets(
-    pool: &Pool,
-    observations: &[SpendObservation],
-) -> Result<Vec<Vec<PendingAlert>>, StoreError> {
-    let mut c = client(pool).await?;
-    let tx = c.transaction().await.map_err(unavailable)?;
-    let pending = evaluate_in(&tx, observations).await?;
-    tx.commit().await.map_err(unavailable)?;
-    Ok(pending)
-}
-
-/// The body of `evaluate_budgets`, inside the caller's transaction.
+/// Evaluates a batch of observations inside the caller's transaction: the keys' advisory locks
+/// are taken in ascending order (so batches of concurrent consumers cannot deadlock), the state
+/// of every period involved is read at once, the pure budget rules run for each observation in
+/// batch order (a later observation of a key sees what an earlier one changed), the changes are
+/// written, and each observation gets every alert of its key still to be published.
 async fn evaluate_in(
     tx: &deadpool_postgres::Transaction<'_>,
     observations: &[SpendObservation],
@@ -520,14 +494,21 @@ impl Store for PostgresStore {
         total: Decimal,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        batched(self.spends.call(Spend { id, total, at }).await)
+        // Only the trait's default `observe_spend` and tests call this alone; the consumer's
+        // path is `observe_spend`, batched below.
+        record_spends(&self.client().await?, &[Spend { id, total, at }]).await?;
+        Ok(())
     }
 
     async fn evaluate_budget(
         &self,
         obs: &SpendObservation,
     ) -> Result<Vec<PendingAlert>, StoreError> {
-        batched(self.budgets.call(obs.clone()).await)
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(unavailable)?;
+        let mut pending = evaluate_in(&tx, std::slice::from_ref(obs)).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(pending.pop().unwrap_or_default())
     }
 
     async fn observe_spend(

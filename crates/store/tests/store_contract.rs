@@ -295,8 +295,8 @@ async fn unreachable_database_is_unavailable_not_a_panic() {
     ));
 }
 
-/// Concurrent calls are served in shared batches by the PostgreSQL store: each still gets the
-/// answer for its own key, and two totals of one key in flight together leave the newer one.
+/// Concurrent calls for many keys (key lookups share batches in PostgreSQL) each get the
+/// answer for their own key, and two totals of one key in flight together leave the newer one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_for_many_keys_each_get_their_own_answer() {
     let (stores, _db) = stores().await;
