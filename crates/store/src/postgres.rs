@@ -18,6 +18,7 @@ use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, OutboundEvent, Virtua
 use rust_decimal::Decimal;
 use std::str::FromStr;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 /// The migrations, in order. `herald migrate` and `HERALD_MIGRATE=true` apply them.
@@ -151,13 +152,23 @@ fn batched<T>(
     answer.map_err(|_| unavailable("the store's batch worker stopped"))?
 }
 
+fn keys_sql() -> String {
+    format!("SELECT {KEY_COLUMNS} FROM virtual_keys WHERE id = ANY($1)")
+}
+
+/// `v.id = ANY($1)` is the index condition: joined to `unnest` alone, the generic plan scanned
+/// the whole table once per batch.
+const RECORD_SPENDS: &str =
+    "UPDATE virtual_keys v SET current_spend = u.total, spend_at = u.at, updated_at = now()
+     FROM unnest($1::int8[], $2::numeric[], $3::timestamptz[]) AS u(id, total, at)
+     WHERE v.id = ANY($1) AND v.id = u.id AND (v.spend_at IS NULL OR v.spend_at <= u.at)";
+
 /// The keys with these ids, in the order asked.
 async fn keys_by_id(
     c: &impl GenericClient,
     ids: &[KeyId],
 ) -> Result<Vec<Option<VirtualKey>>, StoreError> {
-    let sql = format!("SELECT {KEY_COLUMNS} FROM virtual_keys WHERE id = ANY($1)");
-    let stmt = c.prepare_cached(&sql).await.map_err(unavailable)?;
+    let stmt = c.prepare_cached(&keys_sql()).await.map_err(unavailable)?;
     let wanted: Vec<i64> = ids.iter().map(|k| k.get()).collect();
     let rows = c.query(&stmt, &[&wanted]).await.map_err(unavailable)?;
     let mut found = std::collections::HashMap::with_capacity(rows.len());
@@ -182,14 +193,7 @@ async fn record_spends(c: &impl GenericClient, spends: &[Spend]) -> Result<Vec<(
     let ids: Vec<i64> = newest.iter().map(|s| s.id.get()).collect();
     let totals: Vec<Decimal> = newest.iter().map(|s| s.total).collect();
     let ats: Vec<DateTime<Utc>> = newest.iter().map(|s| s.at).collect();
-    let stmt = c
-        .prepare_cached(
-            "UPDATE virtual_keys v SET current_spend = u.total, spend_at = u.at, updated_at = now()
-             FROM unnest($1::int8[], $2::numeric[], $3::timestamptz[]) AS u(id, total, at)
-             WHERE v.id = u.id AND (v.spend_at IS NULL OR v.spend_at <= u.at)",
-        )
-        .await
-        .map_err(unavailable)?;
+    let stmt = c.prepare_cached(RECORD_SPENDS).await.map_err(unavailable)?;
     c.execute(&stmt, &[&ids, &totals, &ats])
         .await
         .map_err(unavailable)?;
@@ -205,7 +209,6 @@ async fn observe_spends(
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(unavailable)?;
     let ids: Vec<KeyId> = spends.iter().map(|(f, _)| f.key_id).collect();
-    let keys = keys_by_id(&tx, &ids).await?;
     let totals: Vec<Spend> = spends
         .iter()
         .map(|(f, _)| Spend {
@@ -214,7 +217,14 @@ async fn observe_spends(
             at: f.source_time,
         })
         .collect();
-    record_spends(&tx, &totals).await?;
+    // Polled together, the two statements go out in one round trip and run in this order: the
+    // keys are read as they were before the batch's totals. Prepared first, so that on a fresh
+    // connection neither waits on its `Parse` while the other is sent.
+    tx.prepare_cached(&keys_sql()).await.map_err(unavailable)?;
+    tx.prepare_cached(RECORD_SPENDS)
+        .await
+        .map_err(unavailable)?;
+    let (keys, _) = tokio::try_join!(keys_by_id(&tx, &ids), record_spends(&tx, &totals))?;
     // Which spends have a budget to evaluate, and their place in the batch.
     let (places, observations): (Vec<usize>, Vec<SpendObservation>) = spends
         .iter()
@@ -261,28 +271,30 @@ async fn evaluate_in(
         .prepare_cached("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
         .await
         .map_err(unavailable)?;
-    tx.execute(&lock, &[&BUDGET_LOCK, &locks])
-        .await
-        .map_err(unavailable)?;
 
     let keys: Vec<i64> = observations.iter().map(|o| o.key_id.get()).collect();
     let starts: Vec<DateTime<Utc>> = observations.iter().map(|o| o.period_start).collect();
+    // `s.key_id = ANY($1)` for the same reason as in `RECORD_SPENDS`: an index scan, not a
+    // scan of every key's state per batch.
     let read = tx
         .prepare_cached(
             "SELECT s.key_id, s.period_start, s.threshold, s.generation, s.armed, s.source_time, s.budget
              FROM budget_alert_state s
              JOIN (SELECT DISTINCT * FROM unnest($1::int8[], $2::timestamptz[])) AS p(key_id, period_start)
-               ON s.key_id = p.key_id AND s.period_start = p.period_start",
+               ON s.key_id = p.key_id AND s.period_start = p.period_start
+             WHERE s.key_id = ANY($1)",
         )
         .await
         .map_err(unavailable)?;
     let mut periods: std::collections::HashMap<(i64, DateTime<Utc>), Vec<ThresholdState>> =
         std::collections::HashMap::new();
-    for r in tx
-        .query(&read, &[&keys, &starts])
-        .await
-        .map_err(unavailable)?
-    {
+    // One round trip: the locks are taken before the state is read (a connection runs its
+    // statements in the order they were sent).
+    let (lock_args, read_args): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) =
+        (&[&BUDGET_LOCK, &locks], &[&keys, &starts]);
+    let (_, rows) = tokio::try_join!(tx.execute(&lock, lock_args), tx.query(&read, read_args))
+        .map_err(unavailable)?;
+    for r in rows {
         periods
             .entry((r.get("key_id"), r.get("period_start")))
             .or_default()
