@@ -60,15 +60,22 @@ impl RedisConfig {
 /// wiped. Within a batch the previous id is carried in a Lua table, and each audience's `last`,
 /// trim and expiry are written once at the end: an audience that gets many entries per batch
 /// (admin, global) pays for them once.
+///
+/// Every `redis.call` costs about as much again in the script as the command itself, so the
+/// dedupe window takes one per entry: `ZADD NX` both checks and records the id, scored by the
+/// server's clock (ms × 1024 + place in the batch, exact in a double) so that trimming by rank
+/// drops the oldest; and the trim keeps the newest `keep` by a negative rank, without `ZCARD`.
 const PUBLISH_SCRIPT: &str = r#"
 local maxlen, ttl, last_ttl = ARGV[1], ARGV[2], ARGV[3]
 local keep = tonumber(maxlen) * 2
+local now = redis.call('TIME')
+local base = (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) * 1024
 local prev, touched = {}, {}
 local added = 0
 for j = 0, #KEYS / 3 - 1 do
   local stream, seen, last = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
   local eid, data = ARGV[3 * j + 5], ARGV[3 * j + 6]
-  if not redis.call('ZSCORE', seen, eid) then
+  if redis.call('ZADD', seen, 'NX', base + j % 1024, eid) == 1 then
     local p = prev[last]
     if p == nil then
       p = redis.call('GET', last) or ''
@@ -76,7 +83,6 @@ for j = 0, #KEYS / 3 - 1 do
     end
     local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', data, 'p', p)
     prev[last] = id
-    redis.call('ZADD', seen, tonumber(string.match(id, '^(%d+)')), eid)
     redis.call('PUBLISH', ARGV[3 * j + 4], id .. ' ' .. data)
     added = added + 1
   end
@@ -84,8 +90,7 @@ end
 for _, j in ipairs(touched) do
   local stream, seen, last = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
   redis.call('SET', last, prev[last], 'PX', last_ttl)
-  local n = redis.call('ZCARD', seen)
-  if n > keep then redis.call('ZREMRANGEBYRANK', seen, 0, n - keep - 1) end
+  redis.call('ZREMRANGEBYRANK', seen, 0, -keep - 1)
   redis.call('PEXPIRE', stream, ttl)
   redis.call('PEXPIRE', seen, ttl)
 end

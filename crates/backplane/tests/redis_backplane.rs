@@ -108,6 +108,64 @@ async fn publishes_once_per_event_id_with_exact_payload_and_history() {
     assert!(ttl > 0 && ttl <= 15 * 60 * 1000, "ttl {ttl}");
 }
 
+/// The dedupe window holds the newest `2 × HERALD_HISTORY_MAXLEN` event ids of an audience:
+/// a repeat of one of them is dropped, an id older than that is forgotten (the set stays bounded),
+/// whether the ids came one per call or many in one batched call.
+#[tokio::test]
+async fn the_dedupe_window_keeps_the_newest_ids_and_stays_bounded() {
+    let cfg = config(2);
+    let bp = RedisBackplane::connect(cfg.clone()).unwrap();
+    let key = Audience::Key(KeyId::new(7).unwrap());
+    for i in 0..6 {
+        bp.publish(&[key], &event(&format!("e{i}"))).await.unwrap();
+    }
+    // Six more in one batch: concurrent publishes share a script call.
+    let batch: Vec<_> = (6..12).map(|i| event(&format!("e{i}"))).collect();
+    let audiences = [key];
+    let calls = batch.iter().map(|e| bp.publish(&audiences, e));
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let mut c = redis().await;
+    let seen = format!("{}:{{vkey:7}}:seen", cfg.prefix);
+    let held: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&seen)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 4, "bounded to 2 × maxlen: {held:?}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&seen)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "the window expires when idle: {ttl}");
+    let newest = held.last().unwrap().clone();
+    let forgotten = (0..12)
+        .map(|i| format!("e{i}"))
+        .find(|id| !held.contains(id))
+        .unwrap();
+    let before = bp.history(key, None, 100).await.unwrap().events.len();
+    bp.publish(&[key], &event(&newest)).await.unwrap();
+    let after_repeat = bp.history(key, None, 100).await.unwrap().events.len();
+    assert_eq!(
+        after_repeat, before,
+        "a repeat of {newest} (still in the window) was dropped"
+    );
+    bp.publish(&[key], &event(&forgotten)).await.unwrap();
+    let h = bp.history(key, None, 100).await.unwrap();
+    assert_eq!(
+        h.events.last().unwrap().event.event_id.to_string(),
+        forgotten,
+        "an id older than the window is appended again"
+    );
+    // The newest ids are the ones kept: e11 was published last and is held.
+    assert!(held.contains(&"e11".to_owned()), "{held:?}");
+    assert!(!held.contains(&"e0".to_owned()), "{held:?}");
+}
+
 /// Concurrent publishes share batched script calls: every event still lands once per audience,
 /// in a chain with no gap, and a repeat inside the same batch is still dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
