@@ -152,6 +152,7 @@ pub struct Metrics {
     pub consumer_redeliveries: Counter,
     pub consumer_retries: Counter,
     pub consumer_deferred: Counter,
+    pub consumer_acks: Counter,
     pub consumer_lag: Gauge,
     pub consumer_inflight: Gauge,
     pub dead_lettered: Family<Counter>,
@@ -175,6 +176,7 @@ impl Metrics {
             consumer_redeliveries: Counter::default(),
             consumer_retries: Counter::default(),
             consumer_deferred: Counter::default(),
+            consumer_acks: Counter::default(),
             consumer_lag: Gauge::default(),
             consumer_inflight: Gauge::default(),
             dead_lettered: Family::new(Counter::default),
@@ -296,6 +298,11 @@ impl Metrics {
                 "herald_consumer_deferred_total",
                 "Messages set aside to retry later (e.g. a task event before its owner is known).",
                 &self.consumer_deferred,
+            ),
+            (
+                "herald_consumer_acks_total",
+                "Ack frames sent to the broker; one may ack many deliveries (multiple).",
+                &self.consumer_acks,
             ),
         ];
         for (name, help, c) in counters {
