@@ -61,16 +61,23 @@ impl RedisConfig {
 /// trim and expiry are written once at the end: an audience that gets many entries per batch
 /// (admin, global) pays for them once.
 ///
-/// Every `redis.call` costs about as much again in the script as the command itself, so the
-/// dedupe window takes one per entry: `ZADD NX` both checks and records the id, scored by the
-/// server's clock (ms × 1024 + place in the batch, exact in a double) so that trimming by rank
-/// drops the oldest; and the trim keeps the newest `keep` by a negative rank, without `ZCARD`.
+/// Every `redis.call` costs about as much again in the script as the command itself, so:
+/// - the dedupe window takes one call per entry: `ZADD NX` both checks and records the id,
+///   scored by the server's clock (ms × 1024 + place in the batch, exact in a double) so that
+///   trimming by rank drops the oldest; the trim keeps the newest `keep` by a negative rank,
+///   without `ZCARD`;
+/// - the idle expiry of the stream and the dedupe window is set on an audience's first entry
+///   in each time slice of `ttl / 4` (the slice of its previous entry is that entry's id), to
+///   `ttl + ttl / 4`: each key still lives at least `ttl` after the audience's last entry, and
+///   an audience with one entry per batch (every key's) skips two calls per entry.
 const PUBLISH_SCRIPT: &str = r#"
-local maxlen, ttl, last_ttl = ARGV[1], ARGV[2], ARGV[3]
+local maxlen, ttl, last_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local keep = tonumber(maxlen) * 2
+local slice = math.max(1, math.floor(ttl / 4))
 local now = redis.call('TIME')
-local base = (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) * 1024
-local prev, touched = {}, {}
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local base = now_ms * 1024
+local prev, touched, refresh = {}, {}, {}
 local added = 0
 for j = 0, #KEYS / 3 - 1 do
   local stream, seen, last = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
@@ -80,6 +87,8 @@ for j = 0, #KEYS / 3 - 1 do
     if p == nil then
       p = redis.call('GET', last) or ''
       touched[#touched + 1] = j
+      local p_ms = tonumber(string.match(p, '^(%d+)'))
+      refresh[last] = p_ms == nil or math.floor(p_ms / slice) ~= math.floor(now_ms / slice)
     end
     local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', data, 'p', p)
     prev[last] = id
@@ -91,8 +100,10 @@ for _, j in ipairs(touched) do
   local stream, seen, last = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
   redis.call('SET', last, prev[last], 'PX', last_ttl)
   redis.call('ZREMRANGEBYRANK', seen, 0, -keep - 1)
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', seen, ttl)
+  if refresh[last] then
+    redis.call('PEXPIRE', stream, ttl + slice)
+    redis.call('PEXPIRE', seen, ttl + slice)
+  end
 end
 return added
 "#;

@@ -105,7 +105,8 @@ async fn publishes_once_per_event_id_with_exact_payload_and_history() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert!(ttl > 0 && ttl <= 15 * 60 * 1000, "ttl {ttl}");
+    // Idle expiry: HERALD_HISTORY_TTL plus at most a quarter (see the publish script).
+    assert!(ttl > 0 && ttl <= 15 * 60 * 1000 * 5 / 4, "ttl {ttl}");
 }
 
 /// The dedupe window holds the newest `2 × HERALD_HISTORY_MAXLEN` event ids of an audience:
@@ -164,6 +165,41 @@ async fn the_dedupe_window_keeps_the_newest_ids_and_stays_bounded() {
     // The newest ids are the ones kept: e11 was published last and is held.
     assert!(held.contains(&"e11".to_owned()), "{held:?}");
     assert!(!held.contains(&"e0".to_owned()), "{held:?}");
+}
+
+/// The history's idle expiry is set on an audience's first entry in each quarter of the TTL,
+/// to 1.25 × the TTL: a stream always outlives its last entry by the TTL.
+#[tokio::test]
+async fn the_idle_expiry_is_renewed_once_per_quarter_of_the_ttl() {
+    let mut cfg = config(100);
+    cfg.ttl = Duration::from_millis(2000);
+    let bp = RedisBackplane::connect(cfg.clone()).unwrap();
+    let key = Audience::Key(KeyId::new(9).unwrap());
+    let stream = format!("{}:{{vkey:9}}:stream", cfg.prefix);
+    let mut c = redis().await;
+    let mut pttl = async |name: &str| -> i64 {
+        redis::cmd("PTTL")
+            .arg(name)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    };
+    bp.publish(&[key], &event("a")).await.unwrap();
+    let first = pttl(&stream).await;
+    assert!(
+        first > 2000 && first <= 2500,
+        "set on the first entry: {first}"
+    );
+    // Past the quarter (500 ms) in which "a" was appended, the next entry renews it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    bp.publish(&[key], &event("b")).await.unwrap();
+    let renewed = pttl(&stream).await;
+    assert!(
+        renewed > 2000,
+        "renewed in a new quarter (else ~1900 ms): {renewed}"
+    );
+    let seen = pttl(&format!("{}:{{vkey:9}}:seen", cfg.prefix)).await;
+    assert!(seen > 2000, "the dedupe window with it: {seen}");
 }
 
 /// Concurrent publishes share batched script calls: every event still lands once per audience,
