@@ -251,6 +251,9 @@ async fn observe_spends(
         .collect())
 }
 
+/// A statement's parameters.
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
 fn lock_key(key: KeyId) -> i32 {
     i32::try_from(key.get().rem_euclid(i64::from(i32::MAX))).unwrap_or(0)
 }
@@ -286,14 +289,36 @@ async fn evaluate_in(
         )
         .await
         .map_err(unavailable)?;
+    let pending = tx
+        .prepare_cached(
+            "SELECT key_id, event FROM budget_alerts WHERE key_id = ANY($1) AND published_at IS NULL ORDER BY created_at, threshold",
+        )
+        .await
+        .map_err(unavailable)?;
     let mut periods: std::collections::HashMap<(i64, DateTime<Utc>), Vec<ThresholdState>> =
         std::collections::HashMap::new();
-    // One round trip: the locks are taken before the state is read (a connection runs its
-    // statements in the order they were sent).
-    let (lock_args, read_args): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) =
-        (&[&BUDGET_LOCK, &locks], &[&keys, &starts]);
-    let (_, rows) = tokio::try_join!(tx.execute(&lock, lock_args), tx.query(&read, read_args))
-        .map_err(unavailable)?;
+    // One round trip: the locks are taken before the state and the alerts still to publish are
+    // read (a connection runs its statements in the order they were sent). Alerts fired below
+    // are added to those; under the locks no one else adds any for these keys.
+    let (lock_args, read_args, pending_args): (Params, Params, Params) =
+        (&[&BUDGET_LOCK, &locks], &[&keys, &starts], &[&keys]);
+    let (_, rows, unpublished) = tokio::try_join!(
+        tx.execute(&lock, lock_args),
+        tx.query(&read, read_args),
+        tx.query(&pending, pending_args)
+    )
+    .map_err(unavailable)?;
+    let mut by_key: std::collections::HashMap<i64, Vec<PendingAlert>> =
+        std::collections::HashMap::new();
+    for r in &unpublished {
+        let text: String = r.get("event");
+        let event = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Unavailable(format!("stored alert is not valid JSON: {e}")))?;
+        by_key
+            .entry(r.get("key_id"))
+            .or_default()
+            .push(PendingAlert { event });
+    }
     for r in rows {
         periods
             .entry((r.get("key_id"), r.get("period_start")))
@@ -312,28 +337,14 @@ async fn evaluate_in(
             .entry((obs.key_id.get(), obs.period_start))
             .or_default();
         for change in budget::decide(obs, state) {
-            write_change(tx, obs, &change).await?;
+            if let Some(event) = write_change(tx, obs, &change).await? {
+                by_key
+                    .entry(obs.key_id.get())
+                    .or_default()
+                    .push(PendingAlert { event });
+            }
             budget::apply(state, obs, &change);
         }
-    }
-
-    let pending = tx
-        .prepare_cached(
-            "SELECT key_id, event FROM budget_alerts WHERE key_id = ANY($1) AND published_at IS NULL ORDER BY created_at, threshold",
-        )
-        .await
-        .map_err(unavailable)?;
-    let rows = tx.query(&pending, &[&keys]).await.map_err(unavailable)?;
-    let mut by_key: std::collections::HashMap<i64, Vec<PendingAlert>> =
-        std::collections::HashMap::new();
-    for r in &rows {
-        let text: String = r.get("event");
-        let event = serde_json::from_str(&text)
-            .map_err(|e| StoreError::Unavailable(format!("stored alert is not valid JSON: {e}")))?;
-        by_key
-            .entry(r.get("key_id"))
-            .or_default()
-            .push(PendingAlert { event });
     }
     Ok(observations
         .iter()
@@ -341,12 +352,13 @@ async fn evaluate_in(
         .collect())
 }
 
-/// Writes one decided change of `obs` inside its evaluation's transaction.
+/// Writes one decided change of `obs` inside its evaluation's transaction; a fired alert that
+/// was recorded (not already there) comes back, to be published.
 async fn write_change(
     tx: &deadpool_postgres::Transaction<'_>,
     obs: &SpendObservation,
     change: &Change,
-) -> Result<(), StoreError> {
+) -> Result<Option<OutboundEvent>, StoreError> {
     let key = obs.key_id.get();
     let threshold = to_i32(change.threshold());
     match change {
@@ -382,23 +394,28 @@ async fn write_change(
                 )
                 .await
                 .map_err(unavailable)?;
-            tx.execute(
-                &stmt,
-                &[
-                    &alert.event_id.as_str(),
-                    &key,
-                    &obs.period_start,
-                    &threshold,
-                    &to_i32(alert.generation),
-                    &obs.event_id.as_str(),
-                    &json,
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
+            let inserted = tx
+                .execute(
+                    &stmt,
+                    &[
+                        &alert.event_id.as_str(),
+                        &key,
+                        &obs.period_start,
+                        &threshold,
+                        &to_i32(alert.generation),
+                        &obs.event_id.as_str(),
+                        &json,
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            if inserted == 1 {
+                // As stored, exactly as a later read of the unpublished alerts would give it.
+                return serde_json::from_str(&json).map(Some).map_err(unavailable);
+            }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 const KEY_COLUMNS: &str = "id, key_hash, name, group_id, enabled, expires_at, is_admin, budget, budget_period, alert_thresholds, current_spend, updated_at";

@@ -430,5 +430,22 @@ async fn observing_spends_looks_up_records_and_evaluates_in_one_call() {
             .await
             .unwrap();
         assert_eq!(out.pending.len(), 1, "{name}: 95 of 100 fires 90");
+        // Key 510's 75% alert was never published: it comes first, then the 90% this fires.
+        let out = s
+            .observe_spend(&facts(510, "obs-510-b", "9.5", Some("10")), &defaults)
+            .await
+            .unwrap();
+        let thresholds: Vec<bool> = ["75", "90"]
+            .iter()
+            .zip(&out.pending)
+            .map(|(t, a)| {
+                a.event
+                    .payload
+                    .get()
+                    .contains(&format!(r#""threshold":{t}"#))
+            })
+            .collect();
+        assert_eq!(out.pending.len(), 2, "{name}: {:?}", out.pending);
+        assert_eq!(thresholds, [true, true], "{name}: {:?}", out.pending);
     }
 }
