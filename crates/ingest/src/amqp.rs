@@ -449,7 +449,8 @@ impl Consumer {
         // Up to `prefetch` deliveries are processed at once, one at a time per partition (a
         // key, a task, the global stream), so one key's events keep their bus order while
         // different keys proceed in parallel. Finished deliveries are acked together (see
-        // `Acks`) once no more finishes are ready.
+        // `Acks`): once an eighth of the window can go in one frame, nothing else is in
+        // flight, or `ACK_DELAY_MAX` has passed.
         let mut acks = Acks::default();
         let mut ack_timer = tokio::time::interval(ACK_DELAY_MAX);
         ack_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -823,8 +824,8 @@ const ACK_DELAY_MAX: Duration = Duration::from_millis(5);
 
 /// The acks of one channel. Delivery tags rise in delivery order, so every finished delivery
 /// below the oldest unfinished one goes out in a single `multiple` ack; finished ones above it
-/// wait for it (a held message pins only a quarter of the prefetch window). `A` is what acks
-/// one delivery (lapin's `Acker`; a plain tag in the unit tests).
+/// wait for it (a message held beyond `PIN_GRACE` pins only a quarter of the prefetch window).
+/// `A` is what acks one delivery (lapin's `Acker`; a plain tag in the unit tests).
 struct Acks<A> {
     unfinished: BTreeSet<u64>,
     finished: BTreeMap<u64, A>,
