@@ -25,6 +25,9 @@ pub enum Source {
     Backplane,
     /// Plain `PUBLISH {prefix}:{keyId}` with the client object (floor, peer).
     RedisPub,
+    /// The client object on `{prefix}:{keyId}` through Herald's history script (dedupe set,
+    /// stream, last id, then the `PUBLISH`): the floor with Herald's Redis work per event.
+    RedisHistory,
 }
 
 /// One publisher per worker (connections are cheap to clone or per worker).
@@ -39,6 +42,11 @@ pub enum Publisher {
     RedisPub {
         conn: redis::aio::MultiplexedConnection,
         prefix: Arc<str>,
+    },
+    RedisHistory {
+        conn: redis::aio::MultiplexedConnection,
+        prefix: Arc<str>,
+        script: Arc<redis::Script>,
     },
 }
 
@@ -89,6 +97,19 @@ pub async fn publishers(cfg: &SourceConfig, workers: usize) -> Result<Vec<Publis
             out.extend((0..workers).map(|_| Publisher::RedisPub {
                 conn: conn.clone(),
                 prefix: prefix.clone(),
+            }));
+        }
+        Source::RedisHistory => {
+            let client = redis::Client::open(cfg.redis_url.as_str())?;
+            let conn = client.get_multiplexed_async_connection().await?;
+            let prefix: Arc<str> = cfg.redis_prefix.as_str().into();
+            let script = Arc::new(redis::Script::new(
+                &herald_backplane::history_script_for_plain_subscribers(),
+            ));
+            out.extend((0..workers).map(|_| Publisher::RedisHistory {
+                conn: conn.clone(),
+                prefix: prefix.clone(),
+                script: script.clone(),
             }));
         }
     }
@@ -152,6 +173,25 @@ impl Publisher {
                     payload,
                 };
                 bp.publish(&[Audience::Key(key)], &ev).await?;
+                Ok(())
+            }
+            Publisher::RedisHistory {
+                conn,
+                prefix,
+                script,
+            } => {
+                // Herald's defaults: 1,000 entries, 15 min idle expiry, 24 h for the last id.
+                let mut call = script.prepare_invoke();
+                call.arg(1000)
+                    .arg(15 * 60 * 1000)
+                    .arg(24 * 3600 * 1000)
+                    .key(format!("{prefix}:stream:{{{key_id}}}"))
+                    .key(format!("{prefix}:seen:{{{key_id}}}"))
+                    .key(format!("{prefix}:last:{{{key_id}}}"))
+                    .arg(format!("{prefix}:{key_id}"))
+                    .arg(&event_id)
+                    .arg(client_object(&event_id, key_id, sent, &time));
+                let _: redis::Value = call.invoke_async(conn).await?;
                 Ok(())
             }
             Publisher::RedisPub { conn, prefix } => {

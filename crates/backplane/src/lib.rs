@@ -13,7 +13,7 @@ mod router;
 pub use mailbox::{Mailbox, MailboxReceiver, Received};
 pub use memory::MemoryBackplane;
 pub use position::Position;
-pub use redis::{RedisBackplane, RedisConfig};
+pub use redis::{RedisBackplane, RedisConfig, history_script_for_plain_subscribers};
 
 use async_trait::async_trait;
 use herald_domain::catalog::TaskState;

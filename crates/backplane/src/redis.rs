@@ -114,6 +114,14 @@ fn cluster_publish_script() -> String {
     PUBLISH_SCRIPT.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
 }
 
+/// The publish script with one change: the channel message is the entry's data alone, without
+/// the stream id in front. Herald does not use it; the load generator feeds the floor through
+/// it, so that the floor's events cost Redis what Herald's do (dedupe set, stream, last id) and
+/// the two nodes can be compared alone. Same KEYS and ARGV as Herald's script.
+pub fn history_script_for_plain_subscribers() -> String {
+    PUBLISH_SCRIPT.replace("id .. ' ' .. data)", "data)")
+}
+
 /// Events handed to one batched publish call at most (each with its audiences' entries).
 const PUBLISH_BATCH: usize = 128;
 /// Batched publish calls in flight at once. Two: a publish that arrives while a batch runs goes
@@ -872,6 +880,19 @@ async fn ping(sink: &mut PubSubSink) -> redis::RedisResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_script_for_plain_subscribers_differs_only_in_the_message() {
+        let plain = history_script_for_plain_subscribers();
+        assert_ne!(
+            plain, PUBLISH_SCRIPT,
+            "the replaced text is no longer in the script"
+        );
+        assert_eq!(
+            plain.replace("data)", ""),
+            PUBLISH_SCRIPT.replace("id .. ' ' .. data)", "")
+        );
+    }
 
     #[test]
     fn names_are_hash_tagged_per_audience() {
