@@ -47,6 +47,8 @@ pub enum Publisher {
         conn: redis::aio::MultiplexedConnection,
         prefix: Arc<str>,
         script: Arc<redis::Script>,
+        /// Herald's defaults (`RedisConfig::publish_script_limits`).
+        limits: (usize, u64, u64),
     },
 }
 
@@ -106,10 +108,12 @@ pub async fn publishers(cfg: &SourceConfig, workers: usize) -> Result<Vec<Publis
             let script = Arc::new(redis::Script::new(
                 &herald_backplane::history_script_for_plain_subscribers(),
             ));
+            let limits = RedisConfig::new(cfg.redis_url.clone()).publish_script_limits();
             out.extend((0..workers).map(|_| Publisher::RedisHistory {
                 conn: conn.clone(),
                 prefix: prefix.clone(),
                 script: script.clone(),
+                limits,
             }));
         }
     }
@@ -179,12 +183,12 @@ impl Publisher {
                 conn,
                 prefix,
                 script,
+                limits: (max_len, ttl_ms, last_ttl_ms),
             } => {
-                // Herald's defaults: 1,000 entries, 15 min idle expiry, 24 h for the last id.
                 let mut call = script.prepare_invoke();
-                call.arg(1000)
-                    .arg(15 * 60 * 1000)
-                    .arg(24 * 3600 * 1000)
+                call.arg(*max_len)
+                    .arg(*ttl_ms)
+                    .arg(*last_ttl_ms)
                     .key(format!("{prefix}:stream:{{{key_id}}}"))
                     .key(format!("{prefix}:seen:{{{key_id}}}"))
                     .key(format!("{prefix}:last:{{{key_id}}}"))

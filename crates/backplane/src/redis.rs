@@ -48,6 +48,15 @@ impl RedisConfig {
             probe_interval: Duration::from_secs(5),
         }
     }
+
+    /// The publish script's three shared ARGV: the stream cap, the idle expiry in ms and how
+    /// long the `last` key is kept in ms.
+    pub fn publish_script_limits(&self) -> (usize, u64, u64) {
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        // Long enough that a client coming back a day later still learns it missed events.
+        let last_ttl_ms = ttl_ms.max(24 * 3600 * 1000);
+        (self.max_len, ttl_ms, last_ttl_ms)
+    }
 }
 
 /// Appends a batch of (audience, event) entries in one call. Per entry, KEYS: stream, seen,
@@ -419,11 +428,9 @@ impl RedisBackplane {
         entries: impl Iterator<Item = &Entry>,
     ) -> Result<(), BackplaneError> {
         let mut conn = self.conn().await?;
-        let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
-        // Long enough that a client coming back a day later still learns it missed events.
-        let last_ttl_ms = ttl_ms.max(24 * 3600 * 1000);
+        let (max_len, ttl_ms, last_ttl_ms) = self.config.publish_script_limits();
         let mut inv = self.script.prepare_invoke();
-        inv.arg(self.config.max_len).arg(ttl_ms).arg(last_ttl_ms);
+        inv.arg(max_len).arg(ttl_ms).arg(last_ttl_ms);
         for e in entries {
             inv.key(&e.stream)
                 .key(&e.seen)
