@@ -125,7 +125,7 @@ fn spec(args: &KeyArgs, hash: KeyHash) -> Result<KeySpec<'_>, String> {
         .thresholds
         .as_deref()
         .map(|t| {
-            herald_domain::budget::Thresholds::parse(t)
+            herald_domain::thresholds::Thresholds::parse(t)
                 .map(|t| t.as_slice().to_vec())
                 .map_err(|e| format!("--thresholds: {e}"))
         })

@@ -1,6 +1,6 @@
 //! Settings from flags and `HERALD_*` environment variables (flags win). Parsing takes a
 //! lookup function instead of reading the process environment, so it is testable as is.
-use herald_domain::budget::Thresholds;
+use herald_domain::thresholds::Thresholds;
 use herald_telemetry::trace::OtlpEndpoint;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Virtual key administration shared by `herald keys` and `POST /v1/keys`.
 use chrono::{DateTime, Utc};
-use herald_domain::budget::Thresholds;
+use herald_domain::thresholds::Thresholds;
 use herald_domain::{BudgetPeriod, KeyHash, KeyId, VirtualKey};
 use rust_decimal::Decimal;
 
@@ -36,12 +36,7 @@ impl KeySpec<'_> {
             .unwrap_or_default();
         key.is_admin = self.admin;
         if let Some(t) = self.thresholds {
-            key.alert_thresholds = Some(
-                Thresholds::from_list(t)
-                    .map_err(|e| e.to_string())?
-                    .as_slice()
-                    .to_vec(),
-            );
+            key.alert_thresholds = Some(Thresholds::from_list(t).map_err(|e| e.to_string())?);
         }
         key.expires_at = self
             .expires_at
@@ -77,7 +72,10 @@ mod tests {
         let k = spec().build().unwrap();
         assert_eq!(k.name, "key 3");
         assert_eq!(k.budget_period, BudgetPeriod::Monthly);
-        assert_eq!(k.alert_thresholds, Some(vec![50, 90]));
+        assert_eq!(
+            k.alert_thresholds.as_ref().map(Thresholds::as_slice),
+            Some(&[50, 90][..])
+        );
         assert!(
             KeySpec {
                 period: Some("weekly"),

@@ -240,11 +240,8 @@ impl Application {
         // axum's graceful shutdown does not wait for upgraded WebSockets: wait for the drain
         // window (connections close spread over it) plus time for the last Close frames.
         if let Some(g) = &gateway_for_close {
-            let deadline =
-                tokio::time::Instant::now() + self.drain_window + std::time::Duration::from_secs(5);
-            while g.connections() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+            let limit = self.drain_window + std::time::Duration::from_secs(5);
+            let _ = tokio::time::timeout(limit, g.closed()).await;
         }
         if let Some(c) = consumer {
             let _ = c.await;

@@ -601,8 +601,7 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let queue = self.queue.clone();
-        let exchanges: Vec<String> = herald_ingest::amqp::EVENT_TYPES
-            .iter()
+        let exchanges: Vec<String> = herald_domain::vocabulary::bus_names()
             .map(|t| format!("{}:{t}", self.namespace))
             .chain([queue.clone()])
             .collect();
@@ -708,8 +707,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
         database: database.clone(),
         prefix: prefix.clone(),
     };
-    let bind = herald_ingest::amqp::EVENT_TYPES
-        .iter()
+    let bind = herald_domain::vocabulary::bus_names()
         .map(|t| format!("{namespace}:{t}"))
         .collect::<Vec<_>>()
         .join(",");

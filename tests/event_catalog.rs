@@ -81,7 +81,7 @@ async fn the_documented_examples_are_what_the_code_produces() {
             .unwrap_or_else(|e| panic!("example {i} was refused: {e}\n{}", ex.input));
         let mut produced = Vec::new();
         while let Some(Received::Delivery(d)) = admin.try_recv() {
-            produced.push((d.event.name.clone(), d.event.payload.get().to_string()));
+            produced.push((d.event.name.name(), d.event.payload.get().to_string()));
         }
         if print {
             for (name, payload) in &produced {
@@ -92,7 +92,7 @@ async fn the_documented_examples_are_what_the_code_produces() {
             }
             continue;
         }
-        let names: Vec<&str> = produced.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = produced.iter().map(|(n, _)| *n).collect();
         let want: Vec<&str> = ex.outputs.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names, want,

@@ -3,7 +3,8 @@
 #![allow(clippy::unwrap_used)]
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use herald_backplane::{Backplane, Mailbox, MemoryBackplane, Received};
-use herald_domain::budget::{self, SpendObservation, ThresholdState, Thresholds};
+use herald_domain::budget::{self, SpendObservation, ThresholdState};
+use herald_domain::thresholds::Thresholds;
 use herald_domain::{Audience, BudgetPeriod, EventId, KeyId, OutboundEvent};
 use herald_gateway::protocol;
 use rust_decimal::Decimal;
@@ -119,12 +120,13 @@ fn fanout_benches(c: &mut Criterion) {
                     seq += 1;
                     OutboundEvent {
                         event_id: EventId::parse(&format!("e{seq}")).unwrap(),
-                        name: "SpendUpdate".into(),
+                        name: herald_domain::Outbound::SpendUpdate,
                         key_id: Some(KeyId::new(42).unwrap()),
                         timestamp: chrono::Utc::now(),
                         traceparent: None,
                         payload: serde_json::value::RawValue::from_string(PAYLOAD.to_owned())
                             .unwrap(),
+                        task: None,
                     }
                 },
                 |ev| {

@@ -2,7 +2,7 @@
 //! Engine.IO 4 WebSocket (the peer). Each connection is one task; every delivery is checked
 //! against the connection's key and its event sequence (loss, duplicates, misrouting) and its
 //! send timestamp goes into the latency histogram.
-use crate::Error;
+use crate::error::Error;
 use crate::http::{Http, authority, json_string_field};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;

@@ -1,6 +1,6 @@
 //! A minimal HTTP/1.1 client over one keep-alive TCP connection: enough for `POST /v1/keys`,
 //! `POST /v1/events` and SignalR negotiate against a local server, without a client library.
-use crate::Error;
+use crate::error::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

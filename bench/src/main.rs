@@ -1,9 +1,13 @@
-//! `herald-bench`: the load generator of DESIGN §9. Opens N real connections over K keys
+//! `herald-bench`: the load generator (docs/benchmarks.md). Opens N real connections over K keys
 //! (SignalR to Herald or the floor, Socket.IO to the peer), publishes events at a fixed rate or
 //! as fast as possible, and prints one JSON line per run: deliveries/s, bus→client latency
 //! (p50/p99/p99.9/max), loss, duplicates and misrouted events per key, server RSS per
 //! connection and CPU.
+//!
+//! Long because: `run` drives one scenario from start to end (keys, connections, warm-up,
+//! load, drain, measurements) in the order a reader follows; its steps share most locals.
 mod client;
+mod error;
 mod http;
 mod procfs;
 mod publish;
@@ -16,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
+use error::Error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Target {

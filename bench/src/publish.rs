@@ -4,8 +4,8 @@
 //!
 //! Event `i` goes to key `i % K` with sequence `i / K`; its id is `{run}-{keyId}-{seq}` and its
 //! `requestId` is `t{send time in ns}`, so clients can check order, loss and latency.
-use crate::Error;
 use crate::client::now_ns;
+use crate::error::Error;
 use crate::http::Http;
 use herald_backplane::{Backplane, RedisBackplane, RedisConfig};
 use herald_domain::{Audience, EventId, KeyId, OutboundEvent};
@@ -132,7 +132,7 @@ impl Publisher {
     pub async fn publish(&mut self, run: &str, key_id: i64, seq: u64) -> Result<(), Error> {
         let event_id = format!("{run}-{key_id}-{seq}");
         let now = chrono::Utc::now();
-        let time = herald_domain::event::format_time(now);
+        let time = herald_domain::fields::format_time(now);
         let sent = now_ns();
         match self {
             Publisher::None => Ok(()),
@@ -170,11 +170,12 @@ impl Publisher {
                 ))?;
                 let ev = OutboundEvent {
                     event_id: EventId::parse(&event_id)?,
-                    name: "SpendUpdate".into(),
+                    name: herald_domain::Outbound::SpendUpdate,
                     key_id: Some(key),
                     timestamp: now,
                     traceparent: None,
                     payload,
+                    task: None,
                 };
                 bp.publish(&[Audience::Key(key)], &ev).await?;
                 Ok(())

@@ -133,8 +133,7 @@ async fn spawn_node(
         Bindings::Private => format!("{queue}.ns"),
         Bindings::Default => herald_ingest::amqp::MASSTRANSIT_NAMESPACE.to_string(),
     };
-    let bind = herald_ingest::amqp::EVENT_TYPES
-        .iter()
+    let bind = herald_domain::vocabulary::bus_names()
         .map(|t| format!("{namespace}:{t}"))
         .collect::<Vec<_>>()
         .join(",");
@@ -185,8 +184,7 @@ impl Drop for TestApp {
 pub fn delete_amqp_objects(queue: &str, namespace: &str) {
     let queue = queue.to_owned();
     let exchanges: Vec<String> = if namespace.starts_with(&queue) {
-        herald_ingest::amqp::EVENT_TYPES
-            .iter()
+        herald_domain::vocabulary::bus_names()
             .map(|t| format!("{namespace}:{t}"))
             .chain([queue.clone()])
             .collect()

@@ -120,8 +120,7 @@ pub async fn real_env(node: &str) -> RealEnv {
     let database = create_database().await;
     let queue = unique("herald.test.");
     let ns = format!("{queue}.ns");
-    let bind = herald_ingest::amqp::EVENT_TYPES
-        .iter()
+    let bind = herald_domain::vocabulary::bus_names()
         .map(|t| format!("{ns}:{t}"))
         .collect::<Vec<_>>()
         .join(",");

@@ -2,6 +2,10 @@
 //! URL, or by a comma-separated list of `redis://` node URLs; any node of the cluster is enough
 //! to find the others.
 //!
+//! Long because: one purpose, following the cluster's slot map for sharded pub/sub (a
+//! subscriber connection per shard, resubscribing when slots move, filling each shard's gap);
+//! its parts share the slot table.
+//!
 //! Commands go through the `redis` crate's cluster connection, which routes each one to the
 //! shard owning its key and follows MOVED/ASK: every key of an audience shares its hash tag, so
 //! the publish script (dedupe + XADD + SPUBLISH) runs on one shard.
@@ -15,11 +19,14 @@
 //! local listeners lose nothing; the other shards' audiences are not touched. (The crate's own
 //! cluster pub/sub re-subscribes all channels of a node in one SSUBSCRIBE, which Redis refuses
 //! with CROSSSLOT once a node holds channels of several slots, so it is not used.)
-use crate::redis::{
-    Command, Names, RedisBackplane, Seen, decode, dispatch, fill_gaps, unavailable,
-};
+use crate::contract::{BackplaneError, unavailable};
+use crate::entries::decode;
+use crate::keys::Names;
+use crate::position::Position;
 use crate::router::Router;
-use crate::{Audience, BackplaneError, Position};
+use crate::streams::{Seen, Streams, dispatch, fill_gaps};
+use crate::subscriber::Command;
+use herald_domain::Audience;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -130,7 +137,7 @@ pub(crate) struct ClusterSubscriber {
     names: Arc<Names>,
     router: Arc<Router>,
     probe: Duration,
-    weak: Weak<RedisBackplane>,
+    weak: Weak<dyn Streams>,
 }
 
 /// A shard master's address, `host:port`.
@@ -176,7 +183,7 @@ impl Pool {
             .map(|(_, _, a)| a.clone())
     }
 
-    async fn refresh_slots(&self, bp: &RedisBackplane) -> Result<(), String> {
+    async fn refresh_slots(&self, bp: &dyn Streams) -> Result<(), String> {
         let v = bp.cluster_slots().await.map_err(|e| e.to_string())?;
         let slots = parse_slots(v).ok_or("unexpected CLUSTER SLOTS reply")?;
         *self.slots.lock().unwrap_or_else(PoisonError::into_inner) = slots;
@@ -232,7 +239,7 @@ impl Pool {
     }
 
     /// SSUBSCRIBE `channel` on the master owning it, following one MOVED.
-    async fn ssubscribe(&self, bp: &RedisBackplane, channel: &str) -> Result<(Addr, u64), String> {
+    async fn ssubscribe(&self, bp: &dyn Streams, channel: &str) -> Result<(Addr, u64), String> {
         let slot = key_slot(channel.as_bytes());
         if self.owner(slot).is_none() {
             self.refresh_slots(bp).await?;
@@ -297,7 +304,7 @@ impl ClusterSubscriber {
         names: Arc<Names>,
         router: Arc<Router>,
         probe: Duration,
-        weak: Weak<RedisBackplane>,
+        weak: Weak<dyn Streams>,
     ) -> Self {
         Self {
             target,
@@ -369,14 +376,15 @@ impl ClusterSubscriber {
                 let _ = prev.await;
             }
             let Some(bp) = weak.upgrade() else { return };
-            let result = match tokio::time::timeout(limit, pool.ssubscribe(&bp, &channel)).await {
-                Ok(Ok((addr, id))) => {
-                    let last = tokio::time::timeout(limit, bp.last_position(a)).await;
-                    Ok((addr, id, last.ok().and_then(Result::ok)))
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err("timed out subscribing".to_owned()),
-            };
+            let result =
+                match tokio::time::timeout(limit, pool.ssubscribe(bp.as_ref(), &channel)).await {
+                    Ok(Ok((addr, id))) => {
+                        let last = tokio::time::timeout(limit, bp.last_position(a)).await;
+                        Ok((addr, id, last.ok().and_then(Result::ok)))
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err("timed out subscribing".to_owned()),
+                };
             let _ = done.send(Done {
                 audience: a,
                 result,

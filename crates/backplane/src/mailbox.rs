@@ -8,7 +8,7 @@
 //! largest piece of its memory. This queue allocates on its first delivery and gives the space
 //! back once a burst has drained. There is one receiver and one producer at a time (the node's
 //! router), so the lock is held for a push or a pop and never contended for long.
-use crate::Delivery;
+use crate::delivery::Delivery;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -81,7 +81,7 @@ pub enum Received {
 }
 
 fn weight(d: &Delivery) -> usize {
-    d.event.payload.get().len() + d.event.name.len() + 64
+    d.event.payload.get().len() + d.event.name.name().len() + 64
 }
 
 impl Mailbox {
@@ -193,11 +193,12 @@ mod tests {
     fn delivery(n: u64) -> Delivery {
         let ev = OutboundEvent {
             event_id: EventId::parse(&format!("e{n}")).unwrap(),
-            name: "SpendUpdate".into(),
+            name: herald_domain::Outbound::SpendUpdate,
             key_id: None,
             timestamp: chrono::Utc::now(),
             traceparent: None,
             payload: serde_json::value::to_raw_value(&serde_json::json!({"n": n})).unwrap(),
+            task: None,
         };
         Delivery {
             audience: Audience::Global,

@@ -1,9 +1,13 @@
 //! In-process backplane for `standalone` without Redis: the same semantics (dedupe, bounded
 //! history, live fan-out) within one process.
+use crate::contract::{Backplane, BackplaneError, History};
+use crate::delivery::Delivery;
+use crate::mailbox::Mailbox;
+use crate::position::Position;
 use crate::router::Router;
-use crate::{Backplane, BackplaneError, Delivery, History, Mailbox, Position, Subscription};
+use crate::router::Subscription;
 use async_trait::async_trait;
-use herald_domain::catalog::TaskState;
+use herald_domain::task::TaskState;
 use herald_domain::{Audience, EventId, OutboundEvent};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -152,11 +156,12 @@ mod tests {
     fn event(id: &str) -> OutboundEvent {
         OutboundEvent {
             event_id: EventId::parse(id).unwrap(),
-            name: "SpendUpdate".into(),
+            name: herald_domain::Outbound::SpendUpdate,
             key_id: None,
             timestamp: chrono::Utc::now(),
             traceparent: None,
             payload: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
+            task: None,
         }
     }
 

@@ -12,16 +12,21 @@
 //! (see `cluster.rs`): the same script runs on the audience's shard with SPUBLISH, and the
 //! subscriber uses sharded pub/sub (SSUBSCRIBE) on the shard owning each channel.
 use crate::cluster::{ClusterSubscriber, ClusterTarget};
+use crate::connection::{Checked, Conn, Target};
+use crate::contract::{Backplane, BackplaneError, History, unavailable};
+use crate::entries::parse_entry;
+use crate::keys::Names;
+use crate::mailbox::Mailbox;
+use crate::position::Position;
 use crate::router::{Router, Subscription};
-use crate::{Backplane, BackplaneError, Delivery, History, Mailbox, Position};
+use crate::script::{PUBLISH_SCRIPT, TASK_SCRIPT, cluster_publish_script};
+use crate::streams::Streams;
+use crate::subscriber::{Command, Subscriber};
 use async_trait::async_trait;
-use futures_util::StreamExt;
-use herald_domain::catalog::TaskState;
+use herald_domain::task::TaskState;
 use herald_domain::{Audience, OutboundEvent};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use redis::cluster_async::ClusterConnection;
-use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
-use std::collections::HashMap;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -59,78 +64,6 @@ impl RedisConfig {
     }
 }
 
-/// Appends a batch of (audience, event) entries in one call. Per entry, KEYS: stream, seen,
-/// last; ARGV: channel, event id, data, after three shared ARGV: maxlen, ttl ms, last ttl ms.
-/// An entry whose event id the audience has already published is skipped. Returns how many
-/// entries were appended.
-///
-/// Each entry records the id of the one before it in its stream (`p`), so a reader can tell
-/// whether entries between its cursor and the oldest entry still held were trimmed, expired or
-/// wiped. Within a batch the previous id is carried in a Lua table, and each audience's `last`,
-/// trim and expiry are written once at the end: an audience that gets many entries per batch
-/// (admin, global) pays for them once.
-///
-/// Every `redis.call` costs about as much again in the script as the command itself, so:
-/// - the dedupe window takes one call per entry: `ZADD NX` both checks and records the id,
-///   scored by the server's clock (ms × 1024 + place in the batch, exact in a double) so that
-///   trimming by rank drops the oldest; the trim keeps the newest `keep` by a negative rank,
-///   without `ZCARD`;
-/// - the idle expiry of the stream and the dedupe window is set on an audience's first entry
-///   in each time slice of `ttl / 4` (the slice of its previous entry is that entry's id), to
-///   `ttl + ttl / 4`: each key still lives at least `ttl` after the audience's last entry, and
-///   an audience with one entry per batch (every key's) skips two calls per entry.
-const PUBLISH_SCRIPT: &str = r#"
-local maxlen, ttl, last_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local keep = tonumber(maxlen) * 2
-local slice = math.max(1, math.floor(ttl / 4))
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local base = now_ms * 1024
-local prev, touched, refresh = {}, {}, {}
-local added = 0
-for j = 0, #KEYS / 3 - 1 do
-  local stream, seen, last = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
-  local eid, data = ARGV[3 * j + 5], ARGV[3 * j + 6]
-  if redis.call('ZADD', seen, 'NX', base + j % 1024, eid) == 1 then
-    local p = prev[last]
-    if p == nil then
-      p = redis.call('GET', last) or ''
-      touched[#touched + 1] = j
-      local p_ms = tonumber(string.match(p, '^(%d+)'))
-      refresh[last] = p_ms == nil or math.floor(p_ms / slice) ~= math.floor(now_ms / slice)
-    end
-    local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', data, 'p', p)
-    prev[last] = id
-    redis.call('PUBLISH', ARGV[3 * j + 4], id .. ' ' .. data)
-    added = added + 1
-  end
-end
-for _, j in ipairs(touched) do
-  local stream, seen, last = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
-  redis.call('SET', last, prev[last], 'PX', last_ttl)
-  redis.call('ZREMRANGEBYRANK', seen, 0, -keep - 1)
-  if refresh[last] then
-    redis.call('PEXPIRE', stream, ttl + slice)
-    redis.call('PEXPIRE', seen, ttl + slice)
-  end
-end
-return added
-"#;
-
-/// The publish script for Redis Cluster: the channel shares the audience's hash tag, so the
-/// sharded publish stays on the script's slot. Each call carries one audience's entry.
-fn cluster_publish_script() -> String {
-    PUBLISH_SCRIPT.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
-}
-
-/// The publish script with one change: the channel message is the entry's data alone, without
-/// the stream id in front. Herald does not use it; the load generator feeds the floor through
-/// it, so that the floor's events cost Redis what Herald's do (dedupe set, stream, last id) and
-/// the two nodes can be compared alone. Same KEYS and ARGV as Herald's script.
-pub fn history_script_for_plain_subscribers() -> String {
-    PUBLISH_SCRIPT.replace("id .. ' ' .. data)", "data)")
-}
-
 /// Events handed to one batched publish call at most (each with its audiences' entries).
 const PUBLISH_BATCH: usize = 128;
 /// Batched publish calls in flight at once. Two: a publish that arrives while a batch runs goes
@@ -152,140 +85,6 @@ struct Entry {
 
 type PublishBatcher = herald_coalesce::Coalescer<Vec<Entry>, (), BackplaneError>;
 
-/// KEYS: task. ARGV: state JSON, terminal (1/0), ttl ms. Keeps a terminal state against a
-/// late non-terminal one.
-const TASK_SCRIPT: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur and ARGV[2] == '0' then
-  local ok, old = pcall(cjson.decode, cur)
-  if ok and (old.status == 'completed' or old.status == 'failed' or old.status == 'cancelled') then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-return 1
-"#;
-
-pub(crate) struct Names {
-    pub(crate) prefix: String,
-}
-
-impl Names {
-    fn stream(&self, a: Audience) -> String {
-        format!("{}:{{{a}}}:stream", self.prefix)
-    }
-    fn seen(&self, a: Audience) -> String {
-        format!("{}:{{{a}}}:seen", self.prefix)
-    }
-    fn task(&self, task_id: &str) -> String {
-        format!("{}:task:{task_id}", self.prefix)
-    }
-    /// The last id written to the stream; outlives the stream so expiry is detectable.
-    fn last(&self, a: Audience) -> String {
-        format!("{}:{{{a}}}:last", self.prefix)
-    }
-    pub(crate) fn channel(&self, a: Audience) -> String {
-        format!("{}:{{{a}}}:live", self.prefix)
-    }
-}
-
-pub(crate) enum Command {
-    Subscribe(Audience, oneshot::Sender<Result<(), BackplaneError>>),
-    Vacated(Audience),
-}
-
-/// Where the backplane's Redis is: one server, or a cluster.
-#[derive(Clone)]
-enum Target {
-    Single(redis::Client),
-    Cluster(ClusterTarget),
-}
-
-/// A command connection to either kind of target. Both reconnect by themselves.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// The command connection with a health mark: a timeout or a lost connection marks it broken
-/// and the next `conn()` builds a new one. Without this, a silently dead connection (no FIN, no
-/// RST) would keep failing every publish and history read: the connection manager only
-/// reconnects when the socket reports an error.
-#[derive(Clone)]
-struct Checked {
-    conn: Conn,
-    broken: Arc<std::sync::atomic::AtomicBool>,
-}
-
-fn gone(e: &redis::RedisError) -> bool {
-    e.is_timeout() || e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal()
-}
-
-/// Marks `broken` when the command behind `fut` fails for want of a working connection.
-fn watched<'a, T: Send + 'a>(
-    broken: Arc<std::sync::atomic::AtomicBool>,
-    fut: RedisFuture<'a, T>,
-) -> RedisFuture<'a, T> {
-    Box::pin(async move {
-        let r = fut.await;
-        if let Err(e) = &r
-            && gone(e)
-        {
-            broken.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-        r
-    })
-}
-
-impl ConnectionLike for Checked {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        watched(self.broken.clone(), self.conn.req_packed_command(cmd))
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        watched(
-            self.broken.clone(),
-            self.conn.req_packed_commands(cmd, offset, count),
-        )
-    }
-
-    fn get_db(&self) -> i64 {
-        self.conn.get_db()
-    }
-}
-
 pub struct RedisBackplane {
     target: Target,
     config: RedisConfig,
@@ -298,10 +97,6 @@ pub struct RedisBackplane {
     conn: Mutex<Option<Checked>>,
     router: Arc<Router>,
     commands: mpsc::UnboundedSender<Command>,
-}
-
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> BackplaneError {
-    BackplaneError::Unavailable(e.to_string())
 }
 
 impl RedisBackplane {
@@ -368,7 +163,7 @@ impl RedisBackplane {
                     names,
                     router,
                     probe: config.probe_interval,
-                    weak: Arc::downgrade(&bp),
+                    weak: Arc::downgrade(&bp) as std::sync::Weak<dyn Streams>,
                 };
                 tokio::spawn(subscriber.run(rx));
             }
@@ -378,7 +173,7 @@ impl RedisBackplane {
                     names,
                     router,
                     config.probe_interval,
-                    Arc::downgrade(&bp),
+                    Arc::downgrade(&bp) as std::sync::Weak<dyn Streams>,
                 );
                 tokio::spawn(subscriber.run(rx));
             }
@@ -530,52 +325,6 @@ impl RedisBackplane {
     }
 }
 
-/// `[id, [field, value, ...]]` → the delivery and the id of the entry written before it.
-fn parse_entry(audience: Audience, item: Value) -> Option<(Delivery, Option<Position>)> {
-    let Value::Array(mut parts) = item else {
-        return None;
-    };
-    if parts.len() != 2 {
-        return None;
-    }
-    let fields = parts.pop()?;
-    let id = text(parts.pop()?)?;
-    let Value::Array(fields) = fields else {
-        return None;
-    };
-    let field = |name: &str| {
-        fields.chunks(2).find_map(|kv| match kv {
-            [k, v] if text(k.clone()).as_deref() == Some(name) => text(v.clone()),
-            _ => None,
-        })
-    };
-    let prev = field("p").and_then(|p| p.parse().ok());
-    Some((decode(audience, &id, &field("e")?)?, prev))
-}
-
-fn text(v: Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
-
-pub(crate) fn decode(audience: Audience, id: &str, data: &str) -> Option<Delivery> {
-    let position = id.parse().ok()?;
-    match serde_json::from_str::<OutboundEvent>(data) {
-        Ok(ev) => Some(Delivery {
-            audience,
-            position,
-            event: Arc::new(ev),
-        }),
-        Err(e) => {
-            tracing::warn!(%audience, %id, error = %e, "skipping undecodable backplane entry");
-            None
-        }
-    }
-}
-
 #[async_trait]
 impl Backplane for RedisBackplane {
     async fn publish(
@@ -653,7 +402,7 @@ impl Backplane for RedisBackplane {
     async fn record_task(&self, state: &TaskState) -> Result<(), BackplaneError> {
         let mut conn = self.conn().await?;
         let json = serde_json::to_string(state).map_err(unavailable)?;
-        let ttl = u64::try_from(crate::TASK_TTL.as_millis()).unwrap_or(u64::MAX);
+        let ttl = u64::try_from(crate::contract::TASK_TTL.as_millis()).unwrap_or(u64::MAX);
         let _: i64 = self
             .task_script
             .key(self.names.task(&state.task_id))
@@ -676,239 +425,22 @@ impl Backplane for RedisBackplane {
     }
 }
 
-/// Owns the node's subscriber connection.
-struct Subscriber {
-    client: redis::Client,
-    names: Arc<Names>,
-    router: Arc<Router>,
-    probe: Duration,
-    weak: std::sync::Weak<RedisBackplane>,
-}
-
-/// Per audience: the last position handed to local listeners.
-pub(crate) type Seen = HashMap<Audience, Position>;
-
-impl Subscriber {
-    async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut seen: Seen = HashMap::new();
-        // Per audience: the stream's newest position when the node subscribed. Gap filling
-        // starts there for audiences that have delivered nothing yet.
-        let mut floors: Seen = HashMap::new();
-        let mut backoff = Duration::from_millis(100);
-        let mut first = true;
-        loop {
-            let pubsub =
-                tokio::time::timeout(Duration::from_secs(5), self.client.get_async_pubsub()).await;
-            let (mut sink, mut stream) = match pubsub {
-                Ok(Ok(p)) => p.split(),
-                other => {
-                    let err = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "connect timed out".to_owned(),
-                    };
-                    tracing::warn!(error = %err, "redis subscriber connection failed; retrying");
-                    // Fail subscribe requests that arrive while Redis is down rather than hang them.
-                    let deadline = tokio::time::sleep(backoff);
-                    tokio::pin!(deadline);
-                    loop {
-                        tokio::select! {
-                            _ = &mut deadline => break,
-                            cmd = commands.recv() => match cmd {
-                                None => return,
-                                Some(Command::Subscribe(_, ack)) => { let _ = ack.send(Err(unavailable(&err))); }
-                                Some(Command::Vacated(a)) => { seen.remove(&a); }
-                            }
-                        }
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            let mut channels: HashMap<String, Audience> = HashMap::new();
-            let audiences = self.router.audiences();
-            let mut ok = true;
-            for a in &audiences {
-                if sink.subscribe(self.names.channel(*a)).await.is_err() {
-                    ok = false;
-                    break;
-                }
-                channels.insert(self.names.channel(*a), *a);
-            }
-            if !ok {
-                continue;
-            }
-            if !first {
-                herald_telemetry::metrics().reconnects.with("redis").inc();
-                tracing::info!(
-                    audiences = audiences.len(),
-                    "redis subscriber reconnected; filling gaps from history"
-                );
-                if self
-                    .fill_gaps(&audiences, &mut seen, &floors)
-                    .await
-                    .is_err()
-                {
-                    continue;
-                }
-            }
-            first = false;
-            // Audiences subscribed here for the first time (listeners that arrived while this
-            // connection was being made) need a floor too, or a later drop would lose their events.
-            if let Some(bp) = self.weak.upgrade() {
-                for a in &audiences {
-                    if !seen.contains_key(a)
-                        && !floors.contains_key(a)
-                        && let Ok(Ok(p)) =
-                            tokio::time::timeout(self.probe, bp.last_position(*a)).await
-                    {
-                        floors.insert(*a, p);
-                    }
-                }
-            }
-            let mut probe = tokio::time::interval(self.probe);
-            probe.tick().await;
-            loop {
-                tokio::select! {
-                    msg = stream.next() => {
-                        let Some(msg) = msg else {
-                            tracing::warn!("redis subscriber connection closed");
-                            break;
-                        };
-                        let Some(&audience) = channels.get(msg.get_channel_name()) else { continue };
-                        let payload: String = match msg.get_payload() { Ok(p) => p, Err(_) => continue };
-                        let Some((id, data)) = payload.split_once(' ') else { continue };
-                        if let Some(d) = decode(audience, id, data) {
-                            self.dispatch(d, &mut seen);
-                        }
-                    }
-                    cmd = commands.recv() => match cmd {
-                        None => return,
-                        Some(Command::Subscribe(a, ack)) => {
-                            let ch = self.names.channel(a);
-                            if channels.contains_key(&ch) {
-                                let _ = ack.send(Ok(()));
-                                continue;
-                            }
-                            match sink.subscribe(&ch).await {
-                                Ok(()) => {
-                                    channels.insert(ch, a);
-                                    if let Some(bp) = self.weak.upgrade()
-                                        && let Ok(Ok(p)) = tokio::time::timeout(self.probe, bp.last_position(a)).await
-                                    {
-                                        floors.insert(a, p);
-                                    }
-                                    let _ = ack.send(Ok(()));
-                                }
-                                Err(e) => { let _ = ack.send(Err(unavailable(&e))); break; }
-                            }
-                        }
-                        Some(Command::Vacated(a)) => {
-                            if self.router.has_listeners(&a) { continue; }
-                            seen.remove(&a);
-                            floors.remove(&a);
-                            let ch = self.names.channel(a);
-                            if channels.remove(&ch).is_some() && sink.unsubscribe(&ch).await.is_err() {
-                                break;
-                            }
-                        }
-                    },
-                    _ = probe.tick() => {
-                        let alive = tokio::time::timeout(self.probe, ping(&mut sink)).await;
-                        if !matches!(alive, Ok(Ok(()))) {
-                            tracing::warn!("redis subscriber connection stopped answering; reconnecting");
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn dispatch(&self, d: Delivery, seen: &mut Seen) {
-        dispatch(&self.router, d, seen);
-    }
-
-    async fn fill_gaps(
+#[async_trait]
+impl Streams for RedisBackplane {
+    async fn read_history(
         &self,
-        audiences: &[Audience],
-        seen: &mut Seen,
-        floors: &Seen,
-    ) -> Result<(), BackplaneError> {
-        fill_gaps(&self.weak, &self.router, audiences, seen, floors).await
-    }
-}
-
-/// Hands a live or replayed delivery on, once, in stream order.
-pub(crate) fn dispatch(router: &Router, d: Delivery, seen: &mut Seen) {
-    if seen.get(&d.audience).is_some_and(|p| d.position <= *p) {
-        return;
-    }
-    seen.insert(d.audience, d.position);
-    router.dispatch(&d);
-}
-
-/// Replays from the streams what each audience missed since the last position handed on (or,
-/// for an audience that has delivered nothing yet, since its floor).
-pub(crate) async fn fill_gaps(
-    weak: &std::sync::Weak<RedisBackplane>,
-    router: &Router,
-    audiences: &[Audience],
-    seen: &mut Seen,
-    floors: &Seen,
-) -> Result<(), BackplaneError> {
-    let Some(bp) = weak.upgrade() else {
-        return Ok(());
-    };
-    for &a in audiences {
-        let Some(mut after) = seen.get(&a).or(floors.get(&a)).copied() else {
-            continue;
-        };
-        loop {
-            let page = bp.read_history(a, Some(after), 500).await?;
-            let n = page.events.len();
-            for d in page.events {
-                after = d.position;
-                dispatch(router, d, seen);
-            }
-            if n < 500 {
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn ping(sink: &mut PubSubSink) -> redis::RedisResult<()> {
-    let _: Value = sink.ping().await?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_script_for_plain_subscribers_differs_only_in_the_message() {
-        let plain = history_script_for_plain_subscribers();
-        assert_ne!(
-            plain, PUBLISH_SCRIPT,
-            "the replaced text is no longer in the script"
-        );
-        assert_eq!(
-            plain.replace("data)", ""),
-            PUBLISH_SCRIPT.replace("id .. ' ' .. data)", "")
-        );
+        audience: Audience,
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<History, BackplaneError> {
+        RedisBackplane::read_history(self, audience, after, limit).await
     }
 
-    #[test]
-    fn names_are_hash_tagged_per_audience() {
-        let n = Names {
-            prefix: "herald".into(),
-        };
-        let a = Audience::Key(herald_domain::KeyId::new(42).unwrap());
-        assert_eq!(n.stream(a), "herald:{vkey:42}:stream");
-        assert_eq!(n.channel(a), "herald:{vkey:42}:live");
-        assert_eq!(n.seen(a), "herald:{vkey:42}:seen");
+    async fn last_position(&self, audience: Audience) -> Result<Position, BackplaneError> {
+        RedisBackplane::last_position(self, audience).await
+    }
+
+    async fn cluster_slots(&self) -> Result<Value, BackplaneError> {
+        RedisBackplane::cluster_slots(self).await
     }
 }

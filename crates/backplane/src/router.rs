@@ -1,6 +1,7 @@
 //! Local listeners per audience on this node, shared by both backplanes. The router knows which
 //! audiences have listeners; the backplane subscribes to exactly those.
-use crate::{Delivery, Mailbox};
+use crate::delivery::Delivery;
+use crate::mailbox::Mailbox;
 use herald_domain::Audience;
 use herald_telemetry::metrics;
 use herald_telemetry::trace::{self, Span, SpanKind};

@@ -59,7 +59,7 @@ fn config(nodes: &str, max_len: usize) -> RedisConfig {
 fn event(id: &str) -> OutboundEvent {
     OutboundEvent {
         event_id: EventId::parse(id).unwrap(),
-        name: "SpendUpdate".into(),
+        name: herald_domain::Outbound::SpendUpdate,
         key_id: None,
         timestamp: chrono::Utc::now(),
         traceparent: None,
@@ -67,6 +67,7 @@ fn event(id: &str) -> OutboundEvent {
             r#"{{"id":"{id}","amount":12.50}}"#
         ))
         .unwrap(),
+        task: None,
     }
 }
 

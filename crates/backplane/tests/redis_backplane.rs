@@ -20,7 +20,7 @@ fn config(max_len: usize) -> RedisConfig {
 fn event(id: &str) -> OutboundEvent {
     OutboundEvent {
         event_id: EventId::parse(id).unwrap(),
-        name: "SpendUpdate".into(),
+        name: herald_domain::Outbound::SpendUpdate,
         key_id: None,
         timestamp: chrono::Utc::now(),
         traceparent: None,
@@ -28,6 +28,7 @@ fn event(id: &str) -> OutboundEvent {
             r#"{{"id":"{id}","amount":12.50}}"#
         ))
         .unwrap(),
+        task: None,
     }
 }
 
@@ -390,13 +391,14 @@ use redis::Value;
 
 #[tokio::test]
 async fn the_task_registry_keeps_owner_and_a_terminal_state() {
-    use herald_domain::catalog::TaskState;
+    use herald_domain::task::TaskState;
+    use herald_domain::vocabulary::TaskStatus;
     let cfg = config(10);
     let bp = RedisBackplane::connect(cfg.clone()).unwrap();
-    let state = |status: &str, progress: u8| TaskState {
+    let state = |status: TaskStatus, progress: u8| TaskState {
         task_id: "task-1".into(),
         task_type: "image".into(),
-        status: status.into(),
+        status,
         progress,
         message: None,
         result: None,
@@ -405,10 +407,16 @@ async fn the_task_registry_keeps_owner_and_a_terminal_state() {
         updated_at: chrono::Utc::now(),
     };
     assert!(bp.task("task-1").await.unwrap().is_none());
-    bp.record_task(&state("running", 20)).await.unwrap();
+    bp.record_task(&state(TaskStatus::Running, 20))
+        .await
+        .unwrap();
     assert_eq!(bp.task("task-1").await.unwrap().unwrap().progress, 20);
-    bp.record_task(&state("completed", 100)).await.unwrap();
-    bp.record_task(&state("running", 60)).await.unwrap();
+    bp.record_task(&state(TaskStatus::Completed, 100))
+        .await
+        .unwrap();
+    bp.record_task(&state(TaskStatus::Running, 60))
+        .await
+        .unwrap();
     let got = bp.task("task-1").await.unwrap().unwrap();
     assert_eq!(
         (got.status.as_str(), got.progress, got.virtual_key_id.get()),

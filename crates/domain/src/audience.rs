@@ -1,4 +1,5 @@
-use crate::{Invalid, KeyId};
+use crate::ids::KeyId;
+use crate::invalid::Invalid;
 use std::fmt;
 
 /// Who an event is for. Each audience has one live channel and one history stream

@@ -1,57 +1,13 @@
 //! Budget rules (DESIGN §5), pure: given what a key has already fired in this period and a new
 //! spend observation, decide what fires, what is marked and what re-arms. The store applies
 //! the decision atomically; this module only computes it.
-use crate::event::format_time;
+use crate::fields::format_time;
+use crate::ids::{EventId, KeyId};
+use crate::key::{BudgetPeriod, VirtualKey};
 use crate::money;
-use crate::{BudgetPeriod, EventId, Invalid, KeyId};
+use crate::thresholds::Thresholds;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
-
-pub const DEFAULT_THRESHOLDS: [u32; 4] = [50, 75, 90, 100];
-const MAX_THRESHOLD: u32 = 1000;
-
-/// Alert thresholds in percent: sorted, distinct, each in 1..=1000.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Thresholds(Vec<u32>);
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Self(DEFAULT_THRESHOLDS.to_vec())
-    }
-}
-
-impl Thresholds {
-    /// Parses a comma list such as `50,75,90,100`.
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let list = s
-            .split(',')
-            .map(|p| {
-                p.trim().parse::<u32>().map_err(|_| {
-                    Invalid::new(format!("threshold {:?} is not a whole number", p.trim()))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Self::from_list(list)
-    }
-
-    pub fn from_list(mut list: Vec<u32>) -> Result<Self, Invalid> {
-        if list.is_empty() {
-            return Err(Invalid::new("threshold list is empty"));
-        }
-        if let Some(bad) = list.iter().find(|t| **t == 0 || **t > MAX_THRESHOLD) {
-            return Err(Invalid::new(format!(
-                "threshold {bad} is outside 1..={MAX_THRESHOLD}"
-            )));
-        }
-        list.sort_unstable();
-        list.dedup();
-        Ok(Self(list))
-    }
-
-    pub fn as_slice(&self) -> &[u32] {
-        &self.0
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -198,15 +154,15 @@ pub struct SpendFacts {
 
 impl SpendFacts {
     /// The budget in force: the event's, else the key's.
-    pub fn budget(&self, key: Option<&crate::VirtualKey>) -> Option<Decimal> {
+    pub fn budget(&self, key: Option<&VirtualKey>) -> Option<Decimal> {
         self.budget.or(key.and_then(|k| k.budget))
     }
 
     /// The observation to evaluate, or `None` when no positive budget applies. The key's own
-    /// thresholds apply when it has a valid list, else `defaults`.
+    /// thresholds apply when it has a list, else `defaults`.
     pub fn observation(
         &self,
-        key: Option<&crate::VirtualKey>,
+        key: Option<&VirtualKey>,
         defaults: &Thresholds,
     ) -> Option<SpendObservation> {
         let budget = self.budget(key).filter(|b| *b > Decimal::ZERO)?;
@@ -216,7 +172,6 @@ impl SpendFacts {
             .unwrap_or(BudgetPeriod::Total);
         let thresholds = key
             .and_then(|k| k.alert_thresholds.clone())
-            .and_then(|list| Thresholds::from_list(list).ok())
             .unwrap_or_else(|| defaults.clone());
         Some(SpendObservation {
             key_id: self.key_id,
@@ -397,15 +352,15 @@ mod tests {
         }
     }
 
-    fn key_with(budget: Option<&str>, thresholds: Option<Vec<u32>>) -> crate::VirtualKey {
-        let mut k = crate::VirtualKey::new(
+    fn key_with(budget: Option<&str>, thresholds: Option<Vec<u32>>) -> VirtualKey {
+        let mut k = VirtualKey::new(
             KeyId::new(9).unwrap(),
-            crate::KeyHash::of_raw("condt_facts"),
+            crate::key::KeyHash::of_raw("condt_facts"),
             "facts",
         );
         k.budget = budget.map(d);
         k.budget_period = BudgetPeriod::Monthly;
-        k.alert_thresholds = thresholds;
+        k.alert_thresholds = thresholds.map(|t| Thresholds::from_list(t).unwrap());
         k
     }
 
@@ -430,11 +385,11 @@ mod tests {
     }
 
     #[test]
-    fn no_positive_budget_means_no_observation_and_bad_key_thresholds_mean_the_defaults() {
+    fn no_positive_budget_means_no_observation_and_no_key_thresholds_mean_the_defaults() {
         let defaults = Thresholds::parse("60,80").unwrap();
         assert!(facts(None).observation(None, &defaults).is_none());
         assert!(facts(Some("0")).observation(None, &defaults).is_none());
-        let key = key_with(None, Some(vec![0, 500]));
+        let key = key_with(None, None);
         assert!(facts(None).observation(Some(&key), &defaults).is_none());
         let o = facts(Some("50"))
             .observation(Some(&key), &defaults)

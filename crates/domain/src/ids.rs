@@ -1,4 +1,4 @@
-use crate::Invalid;
+use crate::invalid::Invalid;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

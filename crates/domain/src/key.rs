@@ -1,8 +1,11 @@
-use crate::{Invalid, KeyId};
+use crate::ids::KeyId;
+use crate::invalid::Invalid;
+use crate::thresholds::Thresholds;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -149,7 +152,7 @@ pub struct VirtualKey {
     pub budget: Option<Decimal>,
     pub budget_period: BudgetPeriod,
     /// Per-key override of the default thresholds (percent).
-    pub alert_thresholds: Option<Vec<u32>>,
+    pub alert_thresholds: Option<Thresholds>,
     pub current_spend: Decimal,
     pub updated_at: DateTime<Utc>,
 }
@@ -175,6 +178,32 @@ impl VirtualKey {
     /// Whether a client may connect with this key at `now`.
     pub fn is_usable(&self, now: DateTime<Utc>) -> bool {
         self.enabled && self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+/// How an event names its virtual key: by id, or by the SHA-256 of the raw key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    Id(KeyId),
+    Hash(KeyHash),
+}
+
+impl KeyRef {
+    /// An integer, a numeric string, or a 64-character hex string (DESIGN §4).
+    pub fn parse(field: &str, v: &Value) -> Result<Self, Invalid> {
+        match v {
+            Value::Number(n) => {
+                let id = n
+                    .as_i64()
+                    .ok_or_else(|| Invalid::new(format!("{field} must be a positive integer")))?;
+                Ok(Self::Id(KeyId::new(id)?))
+            }
+            Value::String(s) if s.len() == 64 => Ok(Self::Hash(KeyHash::parse(s)?)),
+            Value::String(s) => Ok(Self::Id(KeyId::parse(s)?)),
+            _ => Err(Invalid::new(format!(
+                "{field} must be a key id or key hash"
+            ))),
+        }
     }
 }
 

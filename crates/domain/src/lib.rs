@@ -1,29 +1,30 @@
-//! Herald's domain: identifiers, virtual keys, money, inbound and outbound events and the
-//! budget rules. Nothing here does I/O; every type that crosses a boundary has a `parse`
-//! constructor so invalid data cannot exist past it.
+//! Herald's domain: identifiers, virtual keys, money, the event vocabulary, inbound and outbound
+//! events and the budget rules. Nothing here does I/O; every type that crosses a boundary has a
+//! `parse` constructor so invalid data cannot exist past it.
+//!
+//! This file only declares modules and re-exports; each module imports what it needs from the
+//! module that defines it (docs/architecture.md).
 #![forbid(unsafe_code)]
 
 pub mod audience;
 pub mod budget;
-pub mod catalog;
-pub mod event;
+pub mod fields;
 pub mod ids;
+pub mod inbound;
+pub mod invalid;
 pub mod key;
+pub mod key_change;
 pub mod money;
+pub mod outbound;
+pub mod provider;
+pub mod task;
+pub mod thresholds;
+pub mod vocabulary;
 
 pub use audience::Audience;
-pub use event::{InboundEvent, InboundKind, KeyRef, OutboundEvent, SpendUpdated};
 pub use ids::{EventId, KeyId};
-pub use key::{BudgetPeriod, KeyHash, RawKey, VirtualKey};
-
-/// Why a value from outside was refused. The text is short and names the field; it ends up in
-/// the `x-herald-reason` header of a dead-lettered message or in a client error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Invalid(pub String);
-
-impl Invalid {
-    pub fn new(reason: impl Into<String>) -> Self {
-        Self(reason.into())
-    }
-}
+pub use inbound::{InboundEvent, InboundKind, SpendUpdated};
+pub use invalid::Invalid;
+pub use key::{BudgetPeriod, KeyHash, KeyRef, RawKey, VirtualKey};
+pub use outbound::OutboundEvent;
+pub use vocabulary::Outbound;

@@ -1,7 +1,7 @@
 //! Money is `Decimal` end to end. Values taken from input keep their digits (`12.50` stays
 //! `12.50`); computed values are normalised (no trailing zeros), percentages rounded half away
 //! from zero to two places (DESIGN §3).
-use crate::Invalid;
+use crate::invalid::Invalid;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 //! adding a row to [`HUBS`] (plus, for a new kind of method, a [`HubMethod`] variant and its
 //! handler in `session`).
 use crate::auth::Principal;
-use herald_domain::Audience;
+use herald_domain::{Audience, Outbound};
 
 /// Who may connect to a hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +16,7 @@ pub enum Access {
 
 /// Which audiences a connection listens to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Audiences {
+pub enum Listens {
     /// The caller's own key: `vkey:{id}`.
     OwnKey,
     /// The caller's own key and global events.
@@ -25,10 +25,10 @@ pub enum Audiences {
     Admin,
 }
 
-/// Which outbound events a hub forwards (names match case-insensitively).
+/// Which outbound events a hub forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Receives {
-    Only(&'static [&'static str]),
+    Only(&'static [Outbound]),
     /// Every task event family (image, video, generic `Task*`).
     Tasks,
     All,
@@ -65,7 +65,7 @@ pub struct Hub {
     pub name: &'static str,
     pub aliases: &'static [&'static str],
     pub access: Access,
-    pub audiences: Audiences,
+    pub listens: Listens,
     pub receives: Receives,
     pub methods: &'static [HubMethod],
     /// Conduit's task hub: task events also (generic `Task*`: only) as positional
@@ -80,8 +80,8 @@ pub static HUBS: &[Hub] = &[
         name: "spend",
         aliases: &["spend-notifications"],
         access: Access::VirtualKey,
-        audiences: Audiences::OwnKey,
-        receives: Receives::Only(&["SpendUpdate", "BudgetAlert"]),
+        listens: Listens::OwnKey,
+        receives: Receives::Only(&[Outbound::SpendUpdate, Outbound::BudgetAlert]),
         methods: &[HubMethod::Resume],
         conduit_tasks: false,
     },
@@ -89,7 +89,7 @@ pub static HUBS: &[Hub] = &[
         name: "tasks",
         aliases: &["image-generation", "video-generation"],
         access: Access::VirtualKey,
-        audiences: Audiences::OwnKey,
+        listens: Listens::OwnKey,
         receives: Receives::Tasks,
         methods: &[
             HubMethod::SubscribeToTask,
@@ -102,12 +102,12 @@ pub static HUBS: &[Hub] = &[
         name: "notifications",
         aliases: &["navigation-state"],
         access: Access::VirtualKey,
-        audiences: Audiences::OwnKeyAndGlobal,
+        listens: Listens::OwnKeyAndGlobal,
         receives: Receives::Only(&[
-            "ProviderHealthChanged",
-            "ModelsDiscovered",
-            "NavigationStateUpdated",
-            "VirtualKeyUpdated",
+            Outbound::ProviderHealthChanged,
+            Outbound::ModelsDiscovered,
+            Outbound::NavigationStateUpdated,
+            Outbound::VirtualKeyUpdated,
         ]),
         methods: &[HubMethod::Resume],
         conduit_tasks: false,
@@ -116,7 +116,7 @@ pub static HUBS: &[Hub] = &[
         name: "events",
         aliases: &[],
         access: Access::VirtualKey,
-        audiences: Audiences::OwnKeyAndGlobal,
+        listens: Listens::OwnKeyAndGlobal,
         receives: Receives::All,
         methods: &[
             HubMethod::SubscribeToTask,
@@ -129,7 +129,7 @@ pub static HUBS: &[Hub] = &[
         name: "admin",
         aliases: &["admin-notifications"],
         access: Access::Admin,
-        audiences: Audiences::Admin,
+        listens: Listens::Admin,
         receives: Receives::All,
         methods: &[
             HubMethod::SubscribeToVirtualKey,
@@ -141,6 +141,13 @@ pub static HUBS: &[Hub] = &[
         conduit_tasks: false,
     },
 ];
+
+/// Events no purpose-specific hub forwards: only the hubs that receive everything
+/// (`/hubs/events`, `/hubs/admin`) carry them. Every other outbound event must be named by some
+/// hub's `Receives` (or be a task event, for `/hubs/tasks`); `tests/vocabulary_docs.rs` checks
+/// that a new event is placed one way or the other.
+pub static ONLY_ON_HUBS_OF_EVERYTHING: &[Outbound] =
+    &[Outbound::VirtualKeyCreated, Outbound::VirtualKeyDeleted];
 
 /// The hub served at `/hubs/{route}` (case-insensitive, aliases included).
 pub fn find(route: &str) -> Option<&'static Hub> {
@@ -169,18 +176,18 @@ impl Hub {
             Principal::Key(k) => Some(Audience::Key(k.id)),
             Principal::Master => None,
         };
-        match self.audiences {
-            Audiences::OwnKey => own.into_iter().collect(),
-            Audiences::OwnKeyAndGlobal => own.into_iter().chain([Audience::Global]).collect(),
-            Audiences::Admin => vec![Audience::Admin],
+        match self.listens {
+            Listens::OwnKey => own.into_iter().collect(),
+            Listens::OwnKeyAndGlobal => own.into_iter().chain([Audience::Global]).collect(),
+            Listens::Admin => vec![Audience::Admin],
         }
     }
 
-    pub fn forwards(&self, event_name: &str) -> bool {
+    pub fn forwards(&self, event: Outbound) -> bool {
         match self.receives {
             Receives::All => true,
-            Receives::Tasks => herald_domain::catalog::task_type(event_name).is_some(),
-            Receives::Only(names) => names.iter().any(|n| n.eq_ignore_ascii_case(event_name)),
+            Receives::Tasks => event.task().is_some(),
+            Receives::Only(events) => events.contains(&event),
         }
     }
 
@@ -206,8 +213,8 @@ mod tests {
         assert!(find("tasks-nope").is_none());
         assert_eq!(hub.method("resume"), Some(HubMethod::Resume));
         assert_eq!(hub.method("SubscribeToTask"), None);
-        assert!(hub.forwards("spendupdate"));
-        assert!(!hub.forwards("TaskProgress"));
+        assert!(hub.forwards(Outbound::SpendUpdate));
+        assert!(!hub.forwards(Outbound::TaskProgress));
     }
 
     #[test]

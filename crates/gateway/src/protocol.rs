@@ -191,11 +191,13 @@ pub fn push_invocation(buf: &mut String, target: &str, payload: &str, cursor: Op
 
 /// Appends an Invocation with positional arguments (Conduit's `TaskProgress(taskId, progress,
 /// message)` and friends). These carry no cursor.
-pub fn push_positional(buf: &mut String, target: &str, arguments: &[serde_json::Value]) {
+/// An Invocation with `arguments`, a JSON array already serialized (Conduit's positional
+/// task methods).
+pub fn push_positional_raw(buf: &mut String, target: &str, arguments: &str) {
     buf.push_str("{\"type\":1,\"target\":");
     buf.push_str(&json_str(target));
     buf.push_str(",\"arguments\":");
-    buf.push_str(&serde_json::Value::Array(arguments.to_vec()).to_string());
+    buf.push_str(arguments);
     buf.push('}');
     buf.push(RS_CHAR);
 }

@@ -1,10 +1,10 @@
 //! HTTP side of the hubs: negotiate and the WebSocket upgrade. Everything that can be refused
 //! (unknown hub 404, credential 401, connection token 401, cursor 400, backplane 503) is
 //! refused here, before the upgrade, so clients see a plain HTTP status.
-use crate::Inner;
 use crate::auth::{AuthError, Principal, authenticate, query_param};
 use crate::cursor::Cursor;
 use crate::hubs::{self, Hub};
+use crate::node::{Gateway, NodeState};
 use crate::session::{self, Setup};
 use crate::token::{self, ConnectionToken};
 use axum::extract::ws::WebSocketUpgrade;
@@ -30,7 +30,14 @@ const READ_BUFFER: usize = 256;
 /// Outgoing bytes are gathered up to this much before a write; the buffer grows on demand.
 const WRITE_BUFFER: usize = 4 * 1024;
 
-pub(crate) fn router(inner: Arc<Inner>) -> Router {
+impl Gateway {
+    /// `POST /hubs/{hub}/negotiate` and `GET /hubs/{hub}` (WebSocket), state applied.
+    pub fn router(&self) -> Router {
+        router(self.inner.clone())
+    }
+}
+
+fn router(inner: Arc<NodeState>) -> Router {
     Router::new()
         .route("/hubs/{hub}/negotiate", post(negotiate))
         .route("/hubs/{hub}", get(connect))
@@ -66,7 +73,7 @@ fn now_unix() -> i64 {
 
 /// Checks what negotiate and connect have in common: hub, shutdown, credential, cursor.
 async fn admit(
-    gw: &Inner,
+    gw: &NodeState,
     route: &str,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -107,7 +114,7 @@ async fn admit(
 }
 
 async fn negotiate(
-    State(gw): State<Arc<Inner>>,
+    State(gw): State<Arc<NodeState>>,
     Path(route): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -148,7 +155,7 @@ async fn negotiate(
 }
 
 async fn connect(
-    State(gw): State<Arc<Inner>>,
+    State(gw): State<Arc<NodeState>>,
     Path(route): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,

@@ -78,14 +78,16 @@ impl Env {
 
     async fn publish_named(&self, id: i64, event_id: &str, name: &str, payload: &str) {
         let key = KeyId::new(id).unwrap();
-        let ev = OutboundEvent {
+        let mut ev = OutboundEvent {
             event_id: EventId::parse(event_id).unwrap(),
-            name: name.into(),
+            name: herald_domain::Outbound::parse(name).expect("a known event name"),
             key_id: Some(key),
             timestamp: chrono::Utc::now(),
             traceparent: None,
             payload: serde_json::value::RawValue::from_string(payload.to_owned()).unwrap(),
+            task: None,
         };
+        ev.fill_in_task();
         self.backplane
             .publish(&[Audience::Key(key), Audience::Admin], &ev)
             .await
@@ -787,7 +789,7 @@ async fn reconnecting_with_a_cursor_replays_the_missed_events_once_then_goes_liv
                 let key = KeyId::new(1).unwrap();
                 let ev = OutboundEvent {
                     event_id: EventId::parse(&format!("e-{i}")).unwrap(),
-                    name: "SpendUpdate".into(),
+                    name: herald_domain::Outbound::SpendUpdate,
                     key_id: Some(key),
                     timestamp: chrono::Utc::now(),
                     traceparent: None,
@@ -795,6 +797,7 @@ async fn reconnecting_with_a_cursor_replays_the_missed_events_once_then_goes_liv
                         "{{\"eventId\":\"e-{i}\"}}"
                     ))
                     .unwrap(),
+                    task: None,
                 };
                 bp.publish(&[Audience::Key(key)], &ev).await.unwrap();
                 tokio::task::yield_now().await;
@@ -930,11 +933,12 @@ async fn a_cursor_names_every_audience_even_one_nothing_came_from_yet() {
     // While away: the first global event this client would ever see, and one of its key.
     let global = OutboundEvent {
         event_id: EventId::parse("g-1").unwrap(),
-        name: "ProviderHealthChanged".into(),
+        name: herald_domain::Outbound::ProviderHealthChanged,
         key_id: None,
         timestamp: chrono::Utc::now(),
         traceparent: None,
         payload: serde_json::value::RawValue::from_string(r#"{"eventId":"g-1"}"#.into()).unwrap(),
+        task: None,
     };
     env.backplane
         .publish(&[Audience::Global, Audience::Admin], &global)

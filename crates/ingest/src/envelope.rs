@@ -3,7 +3,7 @@
 //! body to the domain's parser. Everything that can be wrong with a message from outside is an
 //! [`Invalid`] with a short reason; nothing here panics on input.
 use chrono::{DateTime, Utc};
-use herald_domain::event::{Fields, parse_time};
+use herald_domain::fields::{Fields, parse_time};
 use herald_domain::{EventId, InboundEvent, InboundKind, Invalid, KeyRef};
 use serde_json::Value;
 
@@ -290,7 +290,7 @@ mod tests {
         let ev = decode(body.as_bytes(), &meta()).unwrap();
         assert_eq!(ev.id.as_str(), "m-1");
         assert_eq!(
-            herald_domain::event::format_time(ev.source_time),
+            herald_domain::fields::format_time(ev.source_time),
             "2026-01-02T03:04:05.123456700Z"
         );
         assert_eq!(ev.traceparent.as_deref(), Some(TP));
@@ -308,7 +308,7 @@ mod tests {
         let ev = decode(body, &meta()).unwrap();
         assert_eq!(ev.id.as_str(), "m-2");
         assert_eq!(
-            herald_domain::event::format_time(ev.source_time),
+            herald_domain::fields::format_time(ev.source_time),
             "2026-01-02T03:04:05Z"
         );
         assert_eq!(ev.traceparent, None);
@@ -355,7 +355,7 @@ mod tests {
         let ev = decode(body.as_bytes(), &meta()).unwrap();
         assert_eq!(ev.id.as_str(), "ce-1");
         assert_eq!(
-            herald_domain::event::format_time(ev.source_time),
+            herald_domain::fields::format_time(ev.source_time),
             "2026-01-02T02:04:05Z"
         );
         assert_eq!(ev.traceparent.as_deref(), Some(TP));

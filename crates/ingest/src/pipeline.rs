@@ -8,10 +8,13 @@
 //! marked published.
 use crate::envelope::{self, MessageMeta};
 use herald_backplane::{BackplaneError, SharedBackplane};
-use herald_domain::budget::{SpendFacts, Thresholds};
-use herald_domain::catalog::{ChangeAction, TaskEvent, TaskState, VirtualKeyChanged};
+use herald_domain::budget::SpendFacts;
+use herald_domain::key_change::VirtualKeyChanged;
+use herald_domain::task::{TaskEvent, TaskState};
+use herald_domain::thresholds::Thresholds;
+use herald_domain::vocabulary::{ChangeAction, Navigation, Reach};
 use herald_domain::{
-    Audience, EventId, InboundEvent, InboundKind, Invalid, KeyId, KeyRef, OutboundEvent,
+    Audience, EventId, InboundEvent, InboundKind, Invalid, KeyId, KeyRef, Outbound, OutboundEvent,
     SpendUpdated, VirtualKey,
 };
 use herald_store::{SharedStore, StoreError};
@@ -27,12 +30,6 @@ fn audience_kind(a: Audience) -> &'static str {
         Audience::Global => "global",
         Audience::Admin => "admin",
     }
-}
-
-/// The threshold percent of a budget alert, for the metric label.
-fn alert_threshold(event: &OutboundEvent) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(event.payload.get()).ok()?;
-    v.get("threshold").map(|t| t.to_string())
 }
 
 #[derive(Debug, Clone, Default)]
@@ -157,7 +154,7 @@ impl Pipeline {
                 event.traceparent.as_deref(),
             );
             span.set("herald.event_id", event.event_id.as_str());
-            span.set("herald.event", &event.name);
+            span.set("herald.event", event.name.name());
             span
         });
         let started = Instant::now();
@@ -183,37 +180,52 @@ impl Pipeline {
     }
 
     async fn dispatch(&self, ev: InboundEvent) -> Result<Processed, Failure> {
-        let global = [Audience::Global, Audience::Admin];
         match &ev.kind {
             InboundKind::SpendUpdated(s) => self.spend_updated(&ev, s).await,
             InboundKind::ProviderHealthChanged(p) => {
                 let events = [
-                    OutboundEvent::with_fields(&ev, "ProviderHealthChanged", None, &p.fields),
-                    OutboundEvent::navigation(&ev, "provider", ChangeAction::Updated, &p.fields),
+                    OutboundEvent::with_fields(
+                        &ev,
+                        Outbound::ProviderHealthChanged,
+                        None,
+                        &p.fields,
+                    ),
+                    OutboundEvent::navigation(
+                        &ev,
+                        Navigation::Provider,
+                        ChangeAction::Updated,
+                        &p.fields,
+                    ),
                 ];
-                self.publish_all(&ev, None, &global, &events).await
+                self.publish_all(&ev, None, &events).await
             }
             InboundKind::ModelsDiscovered(m) => {
                 let events = [OutboundEvent::with_fields(
                     &ev,
-                    "ModelsDiscovered",
+                    Outbound::ModelsDiscovered,
                     None,
                     &m.fields,
                 )];
-                self.publish_all(&ev, None, &global, &events).await
+                self.publish_all(&ev, None, &events).await
             }
             InboundKind::ModelMappingChanged(m) => {
                 let events = [OutboundEvent::navigation(
                     &ev,
-                    "model_mapping",
+                    Navigation::ModelMapping,
                     m.action,
                     &m.fields,
                 )];
-                self.publish_all(&ev, None, &global, &events).await
+                self.publish_all(&ev, None, &events).await
             }
             InboundKind::VirtualKey(k) => self.key_changed(&ev, k).await,
             InboundKind::Task(t) => self.task_event(&ev, t).await,
         }
+    }
+
+    /// Where `event`, produced by `ev`, goes: the vocabulary says, for the key `owner`.
+    fn audiences(ev: &InboundEvent, event: &OutboundEvent, owner: Option<KeyId>) -> Vec<Audience> {
+        let reach = ev.kind.spec().reach(event.name).unwrap_or(Reach::AdminOnly);
+        reach.audiences(owner).as_slice().to_vec()
     }
 
     /// A task event goes to its owner's key only: the owner is named by the event or learnt
@@ -246,30 +258,19 @@ impl Pipeline {
         }
         let state = TaskState::of(t, owner, ev.source_time, previous.as_ref());
         backplane.record_task(&state).await?;
-        let mut fields = t.fields.clone();
-        fields.insert("taskId".into(), t.task_id.clone().into());
-        fields.insert("taskType".into(), t.task_type.clone().into());
-        fields.insert("status".into(), state.status.clone().into());
-        fields.insert("progress".into(), state.progress.into());
-        let event = OutboundEvent::with_fields(ev, t.type_name, Some(owner), &fields);
-        self.publish_all(
-            ev,
-            Some(owner),
-            &[Audience::Key(owner), Audience::Admin],
-            &[event],
-        )
-        .await
+        let event = OutboundEvent::task(ev, t, &state);
+        self.publish_all(ev, Some(owner), &[event]).await
     }
 
+    /// Publishes each event to the audiences the vocabulary names for it.
     async fn publish_all(
         &self,
         ev: &InboundEvent,
         key_id: Option<KeyId>,
-        audiences: &[Audience],
         events: &[OutboundEvent],
     ) -> Result<Processed, Failure> {
         for e in events {
-            self.publish(audiences, e).await?;
+            self.publish(&Self::audiences(ev, e, key_id), e).await?;
         }
         Ok(Processed {
             event_id: ev.id.clone(),
@@ -333,26 +334,18 @@ impl Pipeline {
                 }
             }
         }
-        let name = ev.kind.type_name();
-        let own = [Audience::Key(k.key_id), Audience::Admin];
-        self.publish(
-            &own,
-            &OutboundEvent::with_fields(ev, name, Some(k.key_id), &k.fields),
-        )
-        .await?;
-        // Other keys must not learn about this key: navigation goes to admins only.
-        self.publish(
-            &[Audience::Admin],
-            &OutboundEvent::navigation(ev, "virtual_key", k.action, &k.fields),
-        )
-        .await?;
-        Ok(Processed {
-            event_id: ev.id.clone(),
-            event_type: name,
-            key_id: Some(k.key_id),
-            published: 2,
-            alerts: 0,
-        })
+        let spec = ev.kind.spec();
+        // The key's own event; navigation goes to admins only (other keys must not learn
+        // about this key): the vocabulary's reach for each.
+        let own = spec
+            .produces
+            .first()
+            .map_or(Outbound::VirtualKeyUpdated, |p| p.0);
+        let events = [
+            OutboundEvent::with_fields(ev, own, Some(k.key_id), &k.fields),
+            OutboundEvent::navigation(ev, Navigation::VirtualKey, k.action, &k.fields),
+        ];
+        self.publish_all(ev, Some(k.key_id), &events).await
     }
 
     async fn spend_updated(
@@ -382,23 +375,12 @@ impl Pipeline {
         let outcome = store
             .observe_spend(&facts, &self.inner.config.thresholds)
             .await?;
-        if let Some(list) = outcome
-            .key
-            .as_ref()
-            .and_then(|k| k.alert_thresholds.clone())
-            && let Err(e) = Thresholds::from_list(list)
-        {
-            tracing::warn!(key_id = %key_id, error = %e, "stored alert thresholds are invalid; using the default");
-        }
         let budget = facts.budget(outcome.key.as_ref());
         let pending = outcome.pending;
 
-        let audiences = [Audience::Key(key_id), Audience::Admin];
-        self.publish(
-            &audiences,
-            &OutboundEvent::spend_update(ev, s, key_id, budget),
-        )
-        .await?;
+        let update = OutboundEvent::spend_update(ev, s, key_id, budget);
+        self.publish(&Self::audiences(ev, &update, Some(key_id)), &update)
+            .await?;
         let mut alerts = 0;
         for alert in pending {
             let mut event = alert.event;
@@ -406,15 +388,13 @@ impl Pipeline {
                 event.traceparent = ev.traceparent.clone();
             }
             // Alerts belong to the key they name (pending may hold an earlier, unconfirmed one).
-            let audiences = match event.key_id {
-                Some(k) => [Audience::Key(k), Audience::Admin],
-                None => audiences,
-            };
-            self.publish(&audiences, &event).await?;
+            let owner = event.key_id.or(Some(key_id));
+            self.publish(&Self::audiences(ev, &event, owner), &event)
+                .await?;
             store.mark_alert_published(&event.event_id).await?;
             metrics()
                 .alerts_fired
-                .with(&alert_threshold(&event).unwrap_or_else(|| "unknown".into()))
+                .with(&alert.threshold.to_string())
                 .inc();
             alerts += 1;
         }
@@ -472,7 +452,10 @@ mod tests {
     fn drain(rx: &mut MailboxReceiver) -> Vec<(String, String)> {
         let mut out = vec![];
         while let Some(Received::Delivery(d)) = rx.try_recv() {
-            out.push((d.event.name.clone(), d.event.payload.get().to_owned()));
+            out.push((
+                d.event.name.name().to_owned(),
+                d.event.payload.get().to_owned(),
+            ));
         }
         out
     }
@@ -816,7 +799,7 @@ mod tests {
     async fn per_key_thresholds_override_the_default() {
         let f = fixture();
         let mut k = key(&f.store, 3, Some("100")).await;
-        k.alert_thresholds = Some(vec![20]);
+        k.alert_thresholds = Some(Thresholds::from_list(vec![20]).unwrap());
         f.store.put_key(&k).await.unwrap();
         let p = f
             .pipeline

@@ -382,7 +382,7 @@ async fn masstransit_spend_updated_is_processed_and_acked() {
         )
         .await;
     let ev = node.next(WAIT).await.expect("SpendUpdate");
-    assert_eq!(ev.name, "SpendUpdate");
+    assert_eq!(ev.name.name(), "SpendUpdate");
     assert_eq!(ev.event_id.as_str(), "mt-1");
     assert_eq!(ev.key_id, KeyId::new(42).ok());
     assert_eq!(

@@ -1,7 +1,8 @@
 //! A store for tests of the code that uses one: the in-memory store with a hook that runs
 //! before each call and may delay it, fail it (an outage) or panic (a bug). Behind the
 //! `test-support` feature.
-use crate::{MemoryStore, PendingAlert, Store, StoreError};
+use crate::contract::{PendingAlert, Store, StoreError};
+use crate::memory::MemoryStore;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_domain::budget::SpendObservation;

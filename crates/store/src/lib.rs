@@ -8,86 +8,8 @@ pub mod hooked;
 mod memory;
 mod postgres;
 
+mod contract;
+
+pub use contract::{PendingAlert, SharedStore, SpendOutcome, Store, StoreError};
 pub use memory::MemoryStore;
 pub use postgres::{PostgresStore, migrate};
-
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use herald_domain::budget::{SpendFacts, SpendObservation, Thresholds};
-use herald_domain::{EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
-use rust_decimal::Decimal;
-use std::sync::Arc;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// The database cannot be reached or failed; the caller retries later.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// The write contradicts what is stored (e.g. a key hash already used by another id).
-    #[error("conflict: {0}")]
-    Conflict(String),
-}
-
-/// A budget alert that must be published: newly fired, or fired earlier and not yet confirmed
-/// as published (the consumer crashed in between). Publishing it again is harmless: its event
-/// id is stable, so the backplane drops the repeat.
-#[derive(Debug, Clone)]
-pub struct PendingAlert {
-    pub event: OutboundEvent,
-}
-
-/// The store's side of one SpendUpdated (see [`Store::observe_spend`]).
-#[derive(Debug, Clone)]
-pub struct SpendOutcome {
-    /// The key as stored, if it is.
-    pub key: Option<VirtualKey>,
-    /// Every alert of the key still to be published.
-    pub pending: Vec<PendingAlert>,
-}
-
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    async fn key_by_hash(&self, hash: &KeyHash) -> Result<Option<VirtualKey>, StoreError>;
-    async fn key_by_id(&self, id: KeyId) -> Result<Option<VirtualKey>, StoreError>;
-    /// Inserts or replaces the key with this id. `Conflict` if its hash belongs to another id.
-    async fn put_key(&self, key: &VirtualKey) -> Result<(), StoreError>;
-    /// Removes the key; `false` if there was none.
-    async fn delete_key(&self, id: KeyId) -> Result<bool, StoreError>;
-    /// Stores the key's running total, unless a newer (by source time) total is already stored.
-    async fn record_spend(
-        &self,
-        id: KeyId,
-        total: Decimal,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
-    /// Applies the budget rules to `obs` atomically for its key and period (safe with many
-    /// consumers) and returns every alert of that key still to be published.
-    async fn evaluate_budget(
-        &self,
-        obs: &SpendObservation,
-    ) -> Result<Vec<PendingAlert>, StoreError>;
-    /// The whole store side of a SpendUpdated: looks its key up, records its total (unless a
-    /// newer one is stored) and, when a positive budget applies, evaluates it. Stores that can
-    /// do it in one round trip override this.
-    async fn observe_spend(
-        &self,
-        facts: &SpendFacts,
-        defaults: &Thresholds,
-    ) -> Result<SpendOutcome, StoreError> {
-        let key = self.key_by_id(facts.key_id).await?;
-        self.record_spend(facts.key_id, facts.total_spend, facts.source_time)
-            .await?;
-        let pending = match facts.observation(key.as_ref(), defaults) {
-            Some(obs) => self.evaluate_budget(&obs).await?,
-            None => Vec::new(),
-        };
-        Ok(SpendOutcome { key, pending })
-    }
-
-    /// Records that the alert reached the backplane.
-    async fn mark_alert_published(&self, alert: &EventId) -> Result<(), StoreError>;
-    /// Ok while the store is reachable.
-    async fn ping(&self) -> Result<(), StoreError>;
-}
-
-pub type SharedStore = Arc<dyn Store>;

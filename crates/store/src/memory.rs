@@ -1,5 +1,5 @@
 //! In-memory store for `standalone` without PostgreSQL. Same rules, one process.
-use crate::{PendingAlert, Store, StoreError};
+use crate::contract::{PendingAlert, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_domain::budget::{self, Change, SpendObservation, ThresholdState};
@@ -20,7 +20,7 @@ struct Inner {
     /// (key, period start) → threshold states.
     thresholds: HashMap<(KeyId, DateTime<Utc>), Vec<ThresholdState>>,
     /// Fired alerts not yet confirmed published, by key.
-    pending: HashMap<KeyId, Vec<OutboundEvent>>,
+    pending: HashMap<KeyId, Vec<PendingAlert>>,
 }
 
 impl MemoryStore {
@@ -99,22 +99,20 @@ impl Store for MemoryStore {
         for change in budget::decide(obs, state) {
             budget::apply(state, obs, &change);
             if let Change::Fire(alert) = &change {
-                fired.push(OutboundEvent::budget_alert(alert, None));
+                fired.push(PendingAlert {
+                    event: OutboundEvent::budget_alert(alert, None),
+                    threshold: alert.threshold,
+                });
             }
         }
         let pending = inner.pending.entry(obs.key_id).or_default();
         pending.extend(fired);
-        Ok(pending
-            .iter()
-            .map(|event| PendingAlert {
-                event: event.clone(),
-            })
-            .collect())
+        Ok(pending.clone())
     }
 
     async fn mark_alert_published(&self, alert: &EventId) -> Result<(), StoreError> {
         for list in self.lock().pending.values_mut() {
-            list.retain(|e| &e.event_id != alert);
+            list.retain(|a| &a.event.event_id != alert);
         }
         Ok(())
     }

@@ -6,14 +6,16 @@
 //! SpendUpdated, one `observe_spend` call — is group-committed: concurrent calls share one
 //! transaction per batch, so the consumer's rate is not bounded by round trips per message.
 //! Key lookups by id are batched the same way. Statements are prepared once per connection.
-use crate::{PendingAlert, SpendOutcome, Store, StoreError};
+//!
+//! Long because: one purpose, the SQL of every `Store` method against PostgreSQL with the
+//! group commit that batches it; the statements and their batching share the row mappings.
+use crate::contract::{PendingAlert, SpendOutcome, Store, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use herald_domain::budget::{
-    self, Change, SpendFacts, SpendObservation, ThresholdState, Thresholds,
-};
+use herald_domain::budget::{self, Change, SpendFacts, SpendObservation, ThresholdState};
+use herald_domain::thresholds::Thresholds;
 use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -291,7 +293,7 @@ async fn evaluate_in(
         .map_err(unavailable)?;
     let pending = tx
         .prepare_cached(
-            "SELECT key_id, event FROM budget_alerts WHERE key_id = ANY($1) AND published_at IS NULL ORDER BY created_at, threshold",
+            "SELECT key_id, threshold, event FROM budget_alerts WHERE key_id = ANY($1) AND published_at IS NULL ORDER BY created_at, threshold",
         )
         .await
         .map_err(unavailable)?;
@@ -317,7 +319,10 @@ async fn evaluate_in(
         by_key
             .entry(r.get("key_id"))
             .or_default()
-            .push(PendingAlert { event });
+            .push(PendingAlert {
+                event,
+                threshold: u32::try_from(r.get::<_, i32>("threshold")).unwrap_or(0),
+            });
     }
     for r in rows {
         periods
@@ -337,11 +342,8 @@ async fn evaluate_in(
             .entry((obs.key_id.get(), obs.period_start))
             .or_default();
         for change in budget::decide(obs, state) {
-            if let Some(event) = write_change(tx, obs, &change).await? {
-                by_key
-                    .entry(obs.key_id.get())
-                    .or_default()
-                    .push(PendingAlert { event });
+            if let Some(alert) = write_change(tx, obs, &change).await? {
+                by_key.entry(obs.key_id.get()).or_default().push(alert);
             }
             budget::apply(state, obs, &change);
         }
@@ -358,7 +360,7 @@ async fn write_change(
     tx: &deadpool_postgres::Transaction<'_>,
     obs: &SpendObservation,
     change: &Change,
-) -> Result<Option<OutboundEvent>, StoreError> {
+) -> Result<Option<PendingAlert>, StoreError> {
     let key = obs.key_id.get();
     let threshold = to_i32(change.threshold());
     match change {
@@ -410,8 +412,10 @@ async fn write_change(
                 .await
                 .map_err(unavailable)?;
             if inserted == 1 {
-                // As stored, exactly as a later read of the unpublished alerts would give it.
-                return serde_json::from_str(&json).map(Some).map_err(unavailable);
+                return Ok(Some(PendingAlert {
+                    event,
+                    threshold: alert.threshold,
+                }));
             }
         }
     }
@@ -419,6 +423,20 @@ async fn write_change(
 }
 
 const KEY_COLUMNS: &str = "id, key_hash, name, group_id, enabled, expires_at, is_admin, budget, budget_period, alert_thresholds, current_spend, updated_at";
+
+/// A key's own thresholds as stored. A list the rules refuse (written by hand or by an older
+/// version) falls back to the node's default, with a warning: the key keeps working.
+fn stored_thresholds(id: i64, list: Vec<i32>) -> Option<Thresholds> {
+    let list = list
+        .into_iter()
+        .map(|t| u32::try_from(t).unwrap_or(0))
+        .collect();
+    Thresholds::from_list(list)
+        .inspect_err(|e| {
+            tracing::warn!(key_id = id, error = %e, "stored alert thresholds are invalid; using the default");
+        })
+        .ok()
+}
 
 fn key_from_row(row: &Row) -> Result<VirtualKey, StoreError> {
     let corrupt = |what: &str, e: &dyn std::fmt::Display| {
@@ -438,11 +456,7 @@ fn key_from_row(row: &Row) -> Result<VirtualKey, StoreError> {
         is_admin: row.get("is_admin"),
         budget: row.get("budget"),
         budget_period: BudgetPeriod::parse(&period).map_err(|e| corrupt("budget period", &e))?,
-        alert_thresholds: thresholds.map(|v| {
-            v.into_iter()
-                .filter_map(|t| u32::try_from(t).ok())
-                .collect()
-        }),
+        alert_thresholds: thresholds.and_then(|v| stored_thresholds(id, v)),
         current_spend: row.get("current_spend"),
         updated_at: row.get("updated_at"),
     })
@@ -473,7 +487,7 @@ impl Store for PostgresStore {
         let thresholds: Option<Vec<i32>> = k
             .alert_thresholds
             .as_ref()
-            .map(|v| v.iter().map(|t| to_i32(*t)).collect());
+            .map(|v| v.as_slice().iter().map(|t| to_i32(*t)).collect());
         let result = self
             .client()
             .await?

@@ -2,7 +2,8 @@
 //! The same contract, run against the in-memory store and a real PostgreSQL database (one fresh
 //! database per test).
 use chrono::{DateTime, Utc};
-use herald_domain::budget::{SpendFacts, SpendObservation, Thresholds};
+use herald_domain::budget::{SpendFacts, SpendObservation};
+use herald_domain::thresholds::Thresholds;
 use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, VirtualKey};
 use herald_store::{MemoryStore, PostgresStore, SharedStore, Store, StoreError};
 use rust_decimal::Decimal;
@@ -112,7 +113,7 @@ async fn keys_round_trip_and_hashes_are_unique() {
     let (stores, _db) = stores().await;
     for (name, s) in stores {
         let mut k = key(1, "condt_one");
-        k.alert_thresholds = Some(vec![25, 80]);
+        k.alert_thresholds = Some(Thresholds::from_list(vec![25, 80]).unwrap());
         k.expires_at = Some(t("2030-01-01T00:00:00Z"));
         s.put_key(&k).await.unwrap();
         let got = s
@@ -188,7 +189,7 @@ async fn an_alert_stays_pending_until_published_and_fires_once() {
         let first = s.evaluate_budget(&o).await.unwrap();
         assert_eq!(first.len(), 1, "{name}");
         let alert = &first[0].event;
-        assert_eq!(alert.name, "BudgetAlert");
+        assert_eq!(alert.name.name(), "BudgetAlert");
         assert!(
             alert
                 .payload
