@@ -36,6 +36,20 @@ RUN find src crates -name '*.rs' -exec touch {} + \
 # binary (include_str!), so `herald migrate` needs no files. bash/coreutils from the base image are
 # used by the compose health checks (/dev/tcp) and the Kubernetes preStop `sleep`.
 FROM debian:bookworm-slim AS runtime
+# OCI image annotations (https://github.com/opencontainers/image-spec, annotations.md); pass
+# --build-arg VERSION=… REVISION=$(git rev-parse HEAD) CREATED=$(date -u +%FT%TZ) when building a
+# release.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="herald" \
+      org.opencontainers.image.description="Real-time notifications for an LLM API gateway: RabbitMQ events, budget alerts, SignalR over WebSocket" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.licenses="MIT OR Apache-2.0" \
+      org.opencontainers.image.vendor="The Herald authors" \
+      org.opencontainers.image.documentation="README.md and docs/ in the source repository"
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
@@ -47,5 +61,10 @@ COPY --from=builder /herald /usr/local/bin/herald
 USER 10001:10001
 ENV HERALD_LISTEN=0.0.0.0:8080
 EXPOSE 8080
+# Healthy while /readyz answers 200 (every configured dependency reachable; docs/operations.md).
+# The image has no curl: bash's /dev/tcp speaks the HTTP request, to the port of HERALD_LISTEN.
+# Kubernetes ignores HEALTHCHECK and uses the chart's probes; compose sets its own check.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${HERALD_LISTEN##*:} && printf 'GET /readyz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && read -r _ code _ <&3 && [ \"$code\" = 200 ]"]
 ENTRYPOINT ["herald"]
 CMD ["standalone"]

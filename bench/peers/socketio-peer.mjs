@@ -1,4 +1,4 @@
-// The peer of DESIGN §9: one Node process running Socket.IO 4 with @socket.io/redis-adapter,
+// The peer of docs/benchmarks.md#targets: one Node process running Socket.IO 4 with @socket.io/redis-adapter,
 // the stock way to scale Socket.IO out over Redis. Each client joins the room named by its
 // `key` query parameter (the virtual key id). Events come in the way they reach Herald's
 // gateway nodes, on Redis pub/sub: `PUBLISH {prefix}:{keyId} <client object JSON>` becomes

@@ -1,8 +1,8 @@
 // The stock @microsoft/signalr client resuming after withAutomaticReconnect (issue 4): the node it
 // is on drains (SIGTERM: Close with allowReconnect), the client reconnects through haproxy to the
 // other node and, from onreconnected, invokes Resume(lastCursor). Every event of its key arrives
-// exactly once, including those published while it was away (DESIGN §7: live events that arrive
-// before the Resume call stay ahead of the replay).
+// exactly once, including those published while it was away (docs/protocol.md, cursors and resume:
+// live events that arrive before the Resume call stay ahead of the replay).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as signalR from "@microsoft/signalr";
