@@ -1,4 +1,4 @@
--- Herald's durable record (DESIGN §3).
+-- Herald's durable record (docs/operations.md, "What is stored where").
 
 CREATE TABLE IF NOT EXISTS virtual_keys (
     id               BIGINT PRIMARY KEY CHECK (id > 0),

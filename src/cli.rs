@@ -1,4 +1,4 @@
-//! The command line (DESIGN §2).
+//! The command line (docs/configuration.md).
 use crate::configuration::Overrides;
 use clap::{Parser, Subcommand};
 

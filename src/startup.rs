@@ -161,7 +161,7 @@ impl Application {
             backplane.clone(),
         );
         let consumer_active = Arc::new(AtomicBool::new(false));
-        // `serve` is the gateway role only (DESIGN §2): it never consumes, even when the shared
+        // `serve` is the gateway role only (docs/operations.md, "Roles"): it never consumes, even when the shared
         // configuration of a deployment gives it HERALD_AMQP_URL.
         let amqp_url = settings.amqp_url.clone().filter(|_| role != Role::Serve);
         let consumer = amqp_url.map(|url| {

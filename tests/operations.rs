@@ -391,22 +391,24 @@ async fn consume_publish_and_deliver_spans_share_one_trace_across_two_processes(
     assert_eq!(deliver.3, consume.4, "deliver is a child of consume");
 }
 
-/// Names `herald_*` metrics mentioned in `text`, without histogram suffixes.
+/// Names of `herald_*` and `process_*` metrics mentioned in `text`, without histogram suffixes.
 fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("herald_") {
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        let name = &tail[..end];
-        let base = ["_bucket", "_count", "_sum"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s))
-            .unwrap_or(name);
-        out.insert(base.to_owned());
-        rest = &tail[end..];
+    for prefix in ["herald_", "process_"] {
+        let mut rest = text;
+        while let Some(i) = rest.find(prefix) {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            out.insert(base.to_owned());
+            rest = &tail[end..];
+        }
     }
     out
 }

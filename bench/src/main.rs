@@ -35,7 +35,7 @@ enum Target {
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "Herald load generator (DESIGN §9); prints one JSON line per run"
+    about = "Herald load generator (docs/benchmarks.md); prints one JSON line per run"
 )]
 struct Args {
     #[arg(long, value_enum, default_value = "herald")]

@@ -1,4 +1,4 @@
-//! The floor (DESIGN §9): the least a tokio server can do to pass the benchmark load. SignalR
+//! The floor (docs/benchmarks.md): the least a tokio server can do to pass the benchmark load. SignalR
 //! JSON handshake and record framing over WebSocket (256-byte read buffer), rooms fed from one
 //! Redis pub/sub connection (`PSUBSCRIBE {prefix}:*`; the channel suffix is the room), one
 //! frame per wake-up carrying every record queued for the connection, a ping every 15 s.

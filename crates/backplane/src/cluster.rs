@@ -1,4 +1,4 @@
-//! Redis Cluster (DESIGN §7). Selected by a `redis+cluster://[user:pass@]host:port,host:port[/]`
+//! Redis Cluster (docs/decisions.md, "Backplane"). Selected by a `redis+cluster://[user:pass@]host:port,host:port[/]`
 //! URL, or by a comma-separated list of `redis://` node URLs; any node of the cluster is enough
 //! to find the others.
 //!

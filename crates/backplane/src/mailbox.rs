@@ -1,4 +1,4 @@
-//! A per-connection outbound queue bounded in bytes (DESIGN §8, slow consumers). When a
+//! A per-connection outbound queue bounded in bytes (slow consumers: docs/protocol.md, "Close reasons"). When a
 //! connection falls too far behind, its mailbox is marked overflowed: the connection is closed
 //! with `allowReconnect` and resumes from its cursor, instead of slowing everyone else or
 //! silently losing events.

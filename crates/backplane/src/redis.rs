@@ -1,4 +1,4 @@
-//! Redis backplane (DESIGN §7). Per audience, hash-tagged so one script touches one slot:
+//! Redis backplane (docs/protocol.md, "History window"; docs/decisions.md, "Backplane"). Per audience, hash-tagged so one script touches one slot:
 //! `{prefix}:{vkey:42}:stream` (history), `{prefix}:{vkey:42}:seen` (dedupe window) and the
 //! channel `{prefix}:{vkey:42}:live`. Publishing is one script per audience that dedupes,
 //! XADDs and PUBLISHes atomically; the audiences of one event go out concurrently over one

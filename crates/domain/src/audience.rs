@@ -3,7 +3,7 @@ use crate::invalid::Invalid;
 use std::fmt;
 
 /// Who an event is for. Each audience has one live channel and one history stream
-/// (DESIGN §7): `vkey:{id}`, `global`, `admin`.
+/// (docs/protocol.md, "Hubs"): `vkey:{id}`, `global`, `admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Audience {
     Key(KeyId),

@@ -1,4 +1,4 @@
-//! Budget rules (DESIGN §5), pure: given what a key has already fired in this period and a new
+//! Budget rules (docs/events.md, "Budget alerts"), pure: given what a key has already fired in this period and a new
 //! spend observation, decide what fires, what is marked and what re-arms. The store applies
 //! the decision atomically; this module only computes it.
 use crate::fields::format_time;

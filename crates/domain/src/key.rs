@@ -189,7 +189,7 @@ pub enum KeyRef {
 }
 
 impl KeyRef {
-    /// An integer, a numeric string, or a 64-character hex string (DESIGN §4).
+    /// An integer, a numeric string, or a 64-character hex string (docs/events.md, "The bus").
     pub fn parse(field: &str, v: &Value) -> Result<Self, Invalid> {
         match v {
             Value::Number(n) => {

@@ -1,6 +1,6 @@
 //! Money is `Decimal` end to end. Values taken from input keep their digits (`12.50` stays
 //! `12.50`); computed values are normalised (no trailing zeros), percentages rounded half away
-//! from zero to two places (DESIGN §3).
+//! from zero to two places (docs/events.md, "Money and numbers").
 use crate::invalid::Invalid;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;

@@ -123,7 +123,7 @@ impl OutboundEvent {
         Self::fields_event(ev.id.clone(), ev, name, key_id, fields.clone())
     }
 
-    /// `NavigationStateUpdated` (DESIGN §6): `type`, `action`, `data`, `timestamp`. Its id is
+    /// `NavigationStateUpdated` (docs/events.md, section 4): `type`, `action`, `data`, `timestamp`. Its id is
     /// derived from the source event's, so a redelivery is the same event.
     pub fn navigation(
         ev: &InboundEvent,
@@ -185,7 +185,7 @@ impl OutboundEvent {
         )
     }
 
-    /// `SpendUpdate` (DESIGN §6) for a SpendUpdated of key `key_id`, with the effective budget.
+    /// `SpendUpdate` (docs/events.md, section 1) for a SpendUpdated of key `key_id`, with the effective budget.
     pub fn spend_update(
         ev: &InboundEvent,
         s: &SpendUpdated,
@@ -217,7 +217,7 @@ impl OutboundEvent {
         )
     }
 
-    /// `BudgetAlert` (DESIGN §5, §6).
+    /// `BudgetAlert` (docs/events.md, "Budget alerts").
     pub fn budget_alert(a: &BudgetAlert, traceparent: Option<String>) -> Self {
         let payload = BudgetAlertPayload {
             event_id: &a.event_id,

@@ -1,4 +1,4 @@
-//! Who is connecting (DESIGN §6). The credential is taken, in this order, from the query
+//! Who is connecting (docs/protocol.md, "Authentication"). The credential is taken, in this order, from the query
 //! parameter `access_token`, the query parameter `api_key`, `Authorization: Bearer`, and the
 //! `X-API-Key` header. It is either the master key (compared in constant time) or a virtual key,
 //! looked up by its SHA-256 hash. Raw credentials are never logged.

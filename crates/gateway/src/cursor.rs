@@ -1,4 +1,4 @@
-//! Resume cursors (DESIGN §7): an opaque string handed to clients in every event, encoding the
+//! Resume cursors (docs/protocol.md, "Cursors and resume"): an opaque string handed to clients in every event, encoding the
 //! last position the connection delivered in each of its audiences. The text inside is
 //! `vkey:42=1700000000000-0,global=1700000000001-3`, base64url without padding. Clients must
 //! treat it as opaque; the server decodes it only to learn positions, never to widen what a

@@ -1,4 +1,4 @@
-//! Hubs as data (DESIGN §6): each route is who may connect, which audiences it listens to,
+//! Hubs as data (docs/protocol.md, "Hubs"): each route is who may connect, which audiences it listens to,
 //! which outbound event names it forwards and which client methods it offers. Adding a hub is
 //! adding a row to [`HUBS`] (plus, for a new kind of method, a [`HubMethod`] variant and its
 //! handler in `session`).
@@ -74,7 +74,7 @@ pub struct Hub {
     pub conduit_tasks: bool,
 }
 
-/// The hub table (DESIGN §6).
+/// The hub table (docs/protocol.md, "Hubs").
 pub static HUBS: &[Hub] = &[
     Hub {
         name: "spend",

@@ -1,4 +1,4 @@
-//! The gateway (DESIGN §6, §7): ASP.NET Core SignalR JSON hub protocol over WebSocket for the
+//! The gateway (docs/protocol.md): ASP.NET Core SignalR JSON hub protocol over WebSocket for the
 //! stock `@microsoft/signalr` clients. Negotiate hands out signed connection tokens (no state
 //! per negotiate, so any node accepts them); each connection is one task that subscribes its
 //! audiences on the backplane, replays history from a resume cursor, and forwards live events.

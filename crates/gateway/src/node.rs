@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Gateway settings. `Default` gives the values of DESIGN §6 and a random token secret (fine
+/// Gateway settings. `Default` gives the values in docs/protocol.md, "Limits and timeouts", and a random token secret (fine
 /// for one node; every node of a cluster needs the same `token_secret`).
 #[derive(Clone)]
 pub struct GatewayConfig {

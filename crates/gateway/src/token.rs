@@ -1,4 +1,4 @@
-//! Connection tokens (DESIGN §6, no sticky sessions): negotiate hands out a token that any node
+//! Connection tokens (docs/protocol.md, "Negotiate"; no sticky sessions): negotiate hands out a token that any node
 //! sharing the secret accepts, so no node keeps per-negotiate state. It is
 //! `base64url(payload) "." base64url(HMAC-SHA256(secret, payload))` where the payload is
 //! `v1\n{hub}\n{principal}\n{expiry unix seconds}\n{connection id}`.

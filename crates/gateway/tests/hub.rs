@@ -901,7 +901,7 @@ async fn a_resume_after_live_events_arrived_still_replays_what_was_missed_before
         )
     };
     b.send(&resume("1")).await;
-    // Live events stay ahead of the replay (DESIGN §7); each event exactly once.
+    // Live events stay ahead of the replay (docs/protocol.md, "Cursors and resume"); each event exactly once.
     assert_eq!(event_ids(&events(&mut b, 2).await), ["e-2", "e-3"]);
     assert_eq!(
         b.next_non_ping().await.unwrap(),

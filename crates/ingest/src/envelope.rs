@@ -1,4 +1,4 @@
-//! Decoding one bus message (DESIGN §4): detect the envelope (MassTransit JSON or CloudEvents
+//! Decoding one bus message (docs/events.md, "The bus"): detect the envelope (MassTransit JSON or CloudEvents
 //! 1.0 structured JSON), take the event id, time and trace context from it, and hand the inner
 //! body to the domain's parser. Everything that can be wrong with a message from outside is an
 //! [`Invalid`] with a short reason; nothing here panics on input.

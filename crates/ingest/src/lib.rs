@@ -1,4 +1,4 @@
-//! Ingest: bus messages in, durable effects out (DESIGN §4, §5). [`envelope`] decodes a
+//! Ingest: bus messages in, durable effects out (docs/events.md, "The bus" and "Budget alerts"). [`envelope`] decodes a
 //! message, [`pipeline`] applies the budget engine and publishes to the backplane, [`amqp`]
 //! runs the RabbitMQ consumer (ack only after the effects are durable; bad input to the
 //! dead-letter queue; retries while a dependency is down).

@@ -1,4 +1,4 @@
-//! The durable record (DESIGN §3): virtual keys and budget alert state. PostgreSQL in
+//! The durable record (docs/operations.md, "What is stored where"): virtual keys and budget alert state. PostgreSQL in
 //! production; an in-memory store for `standalone` with no configuration. Both apply the same
 //! pure budget rules from `herald_domain::budget`.
 #![forbid(unsafe_code)]

@@ -466,7 +466,7 @@ mod tests {
     use super::*;
 
     /// Every idle connection holds this future (in its task) for as long as it is open, so
-    /// its size is per-connection memory (DESIGN §9). Rare steps are boxed to keep it so; this
+    /// its size is per-connection memory (docs/benchmarks.md, "Targets"). Rare steps are boxed to keep it so; this
     /// fails when a change makes it grow again.
     #[test]
     fn an_idle_connection_future_stays_small() {
