@@ -129,7 +129,7 @@ impl IntoResponse for ApiError {
         let message = match &self {
             // The caller sees the reason, not the "rejected:" prefix of the consumer's logs.
             Self::Event(Failure::Rejected(r) | Failure::Deferred(r)) => r.to_string(),
-            Self::Event(Failure::Transient(r)) => r.clone(),
+            Self::Event(Failure::Transient(r)) => r.to_string(),
             Self::Store(StoreError::Conflict(m)) => m.clone(),
             other => other.to_string(),
         };

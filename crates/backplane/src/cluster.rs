@@ -443,7 +443,7 @@ impl ClusterSubscriber {
             Err(e) => {
                 tracing::debug!(%a, error = %e, "ssubscribe failed");
                 for ack in acks {
-                    let _ = ack.send(Err(unavailable(&e)));
+                    let _ = ack.send(Err(unavailable(e.to_string())));
                 }
                 if again {
                     self.ssubscribe(a, pool, done, st);

@@ -57,7 +57,7 @@ impl Subscriber {
                             _ = &mut deadline => break,
                             cmd = commands.recv() => match cmd {
                                 None => return,
-                                Some(Command::Subscribe(_, ack)) => { let _ = ack.send(Err(unavailable(&err))); }
+                                Some(Command::Subscribe(_, ack)) => { let _ = ack.send(Err(unavailable(err.to_string()))); }
                                 Some(Command::Vacated(a)) => { seen.remove(&a); }
                             }
                         }
@@ -142,7 +142,7 @@ impl Subscriber {
                                     }
                                     let _ = ack.send(Ok(()));
                                 }
-                                Err(e) => { let _ = ack.send(Err(unavailable(&e))); break; }
+                                Err(e) => { let _ = ack.send(Err(unavailable(e.to_string()))); break; }
                             }
                         }
                         Some(Command::Vacated(a)) => {

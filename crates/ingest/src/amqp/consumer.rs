@@ -10,7 +10,7 @@ use crate::envelope;
 use crate::pipeline::Pipeline;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use herald_domain::{InboundEvent, Invalid};
+use herald_domain::{Cause, InboundEvent, Invalid};
 use herald_telemetry::metrics;
 use lapin::Connection;
 use lapin::message::Delivery;
@@ -252,11 +252,9 @@ impl Consumer {
                 next = consumer.next() => {
                     let delivery = match next {
                         Some(Ok(d)) => d,
-                        Some(Err(e)) => return Err(AmqpError::Broker(format!("consuming: {e}"))),
+                        Some(Err(e)) => return Err(AmqpError::Broker(Cause::context("consuming", e))),
                         None => {
-                            return Err(AmqpError::Broker(
-                                "the broker cancelled the consumer".into(),
-                            ));
+                            return Err(AmqpError::Broker("the broker cancelled the consumer".into()));
                         }
                     };
                     acks.received(delivery.delivery_tag);
