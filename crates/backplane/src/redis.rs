@@ -15,13 +15,13 @@ use crate::cluster::{ClusterSubscriber, ClusterTarget};
 use crate::connection::{Checked, Conn, Target};
 use crate::contract::{Backplane, BackplaneError, History, unavailable};
 use crate::entries::parse_entry;
-use crate::keys::Names;
+use crate::keys::RedisKeys;
 use crate::mailbox::Mailbox;
 use crate::position::Position;
 use crate::router::{Router, Subscription};
 use crate::script::{PUBLISH_SCRIPT, TASK_SCRIPT, cluster_publish_script};
 use crate::streams::Streams;
-use crate::subscriber::{Command, Subscriber};
+use crate::subscriber::{Subscriber, SubscriberCommand};
 use async_trait::async_trait;
 use herald_domain::task::TaskState;
 use herald_domain::{Audience, OutboundEvent};
@@ -88,7 +88,7 @@ type PublishBatcher = herald_coalesce::Coalescer<Vec<Entry>, (), BackplaneError>
 pub struct RedisBackplane {
     target: Target,
     config: RedisConfig,
-    names: Arc<Names>,
+    names: Arc<RedisKeys>,
     script: Script,
     task_script: Script,
     /// Single server: concurrent publishes share batched script calls. A cluster spreads an
@@ -96,7 +96,7 @@ pub struct RedisBackplane {
     batcher: Option<PublishBatcher>,
     conn: Mutex<Option<Checked>>,
     router: Arc<Router>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::UnboundedSender<SubscriberCommand>,
 }
 
 impl RedisBackplane {
@@ -111,7 +111,7 @@ impl RedisBackplane {
                     .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?,
             ),
         };
-        let names = Arc::new(Names {
+        let names = Arc::new(RedisKeys {
             prefix: config.prefix.clone(),
         });
         let router = Router::new();
@@ -121,7 +121,7 @@ impl RedisBackplane {
         let fwd = tx.clone();
         tokio::spawn(async move {
             while let Some(a) = vac_rx.recv().await {
-                if fwd.send(Command::Vacated(a)).is_err() {
+                if fwd.send(SubscriberCommand::Vacated(a)).is_err() {
                     break;
                 }
             }
@@ -370,7 +370,7 @@ impl Backplane for RedisBackplane {
         let sub = self.router.add(audience, mailbox);
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Subscribe(audience, tx))
+            .send(SubscriberCommand::Subscribe(audience, tx))
             .map_err(|_| unavailable("subscriber stopped"))?;
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
             Ok(Ok(Ok(()))) => Ok(sub),

@@ -95,10 +95,10 @@ pub struct Processed {
 
 #[derive(Clone)]
 pub struct Pipeline {
-    inner: Arc<Inner>,
+    inner: Arc<Parts>,
 }
 
-struct Inner {
+struct Parts {
     config: PipelineConfig,
     store: SharedStore,
     backplane: SharedBackplane,
@@ -107,7 +107,7 @@ struct Inner {
 impl Pipeline {
     pub fn new(config: PipelineConfig, store: SharedStore, backplane: SharedBackplane) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Parts {
                 config,
                 store,
                 backplane,

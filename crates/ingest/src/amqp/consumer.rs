@@ -13,7 +13,7 @@ use futures_util::{FutureExt, StreamExt};
 use herald_domain::{Cause, InboundEvent, Invalid};
 use herald_telemetry::metrics;
 use lapin::Connection;
-use lapin::message::Delivery;
+use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -190,8 +190,8 @@ impl Consumer {
         let mut ack_timer = tokio::time::interval(ACK_DELAY_MAX);
         ack_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inflight = FuturesUnordered::new();
-        let mut partitions: Partitions<(Delivery, Decoded)> = Partitions::default();
-        let start = |(delivery, decoded): (Delivery, Decoded),
+        let mut partitions: Partitions<(AmqpDelivery, Decoded)> = Partitions::default();
+        let start = |(delivery, decoded): (AmqpDelivery, Decoded),
                      partition: String,
                      shutdown: watch::Receiver<bool>| {
             let (channel, dead) = (&channel, &dead);
