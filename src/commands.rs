@@ -1,6 +1,6 @@
 //! What each subcommand does.
-use crate::cli::{Cli, Command, KeyArgs, KeysCommand, PublishArgs};
-use crate::configuration::{LogFormat, Settings};
+use crate::cli::{Command, Invocation, KeyArgs, KeysCommand, PublishArgs};
+use crate::configuration::Settings;
 use crate::keys::KeySpec;
 use crate::startup::{Application, Role, shutdown_signal};
 use crate::telemetry;
@@ -11,27 +11,14 @@ use rust_decimal::Decimal;
 use std::str::FromStr;
 use tokio::sync::watch;
 
-pub async fn run(cli: Cli) -> Result<(), String> {
-    let settings = Settings::from_process(&cli.overrides).map_err(|e| e.to_string())?;
-    let command = cli.command.unwrap_or(Command::Standalone);
-    let role = match command {
-        Command::Standalone => Some(Role::Standalone),
-        Command::Consume => Some(Role::Consume),
-        Command::Serve => Some(Role::Serve),
-        _ => None,
-    };
-    let default_format = if matches!(role, Some(Role::Consume | Role::Serve)) {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
-    };
-    telemetry::init(
-        settings.log_format.unwrap_or(default_format),
-        &settings.node_id,
-    );
-    match (role, command) {
-        (Some(role), _) => run_role(role, settings).await,
-        (None, Command::Migrate) => {
+pub async fn run(invocation: Invocation) -> Result<(), String> {
+    let Invocation { command, settings } = invocation;
+    telemetry::init(settings.log_format, &settings.node_id);
+    match command {
+        Command::Standalone => run_role(Role::Standalone, settings).await,
+        Command::Consume => run_role(Role::Consume, settings).await,
+        Command::Serve => run_role(Role::Serve, settings).await,
+        Command::Migrate => {
             let url = database_url(&settings)?;
             let applied = herald_store::migrate(url)
                 .await
@@ -39,9 +26,8 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             eprintln!("migrations applied: {applied:?}");
             Ok(())
         }
-        (None, Command::Keys { command }) => keys(&settings, command).await,
-        (None, Command::Publish(args)) => publish(&settings, args).await,
-        (None, _) => Err("unreachable command".into()),
+        Command::Keys(command) => keys(&settings, command).await,
+        Command::Publish(args) => publish(&settings, args).await,
     }
 }
 
