@@ -1,6 +1,6 @@
 //! What each subcommand does.
-use crate::cli::{Cli, Command, KeyArgs, KeysCommand, PublishArgs};
-use crate::configuration::{LogFormat, Settings};
+use crate::cli::{Command, Invocation, KeyArgs, KeysCommand, PublishArgs};
+use crate::configuration::{Settings, without_userinfo};
 use crate::keys::KeySpec;
 use crate::startup::{Application, Role, shutdown_signal};
 use crate::telemetry;
@@ -9,39 +9,27 @@ use herald_ingest::amqp::{self, EnvelopeKind};
 use herald_store::{PostgresStore, Store};
 use rust_decimal::Decimal;
 use std::str::FromStr;
+use std::time::Duration;
 use tokio::sync::watch;
 
-pub async fn run(cli: Cli) -> Result<(), String> {
-    let settings = Settings::from_process(&cli.overrides).map_err(|e| e.to_string())?;
-    let command = cli.command.unwrap_or(Command::Standalone);
-    let role = match command {
-        Command::Standalone => Some(Role::Standalone),
-        Command::Consume => Some(Role::Consume),
-        Command::Serve => Some(Role::Serve),
-        _ => None,
-    };
-    let default_format = if matches!(role, Some(Role::Consume | Role::Serve)) {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
-    };
-    telemetry::init(
-        settings.log_format.unwrap_or(default_format),
-        &settings.node_id,
-    );
-    match (role, command) {
-        (Some(role), _) => run_role(role, settings).await,
-        (None, Command::Migrate) => {
+pub async fn run(invocation: Invocation) -> Result<(), String> {
+    let Invocation { command, settings } = invocation;
+    telemetry::init(settings.log_format, &settings.node_id);
+    match command {
+        Command::Standalone => run_role(Role::Standalone, settings).await,
+        Command::Consume => run_role(Role::Consume, settings).await,
+        Command::Serve => run_role(Role::Serve, settings).await,
+        Command::Migrate => {
             let url = database_url(&settings)?;
+            check_database(url).await?;
             let applied = herald_store::migrate(url)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| database_error(url, "migrations failed", &e))?;
             eprintln!("migrations applied: {applied:?}");
             Ok(())
         }
-        (None, Command::Keys { command }) => keys(&settings, command).await,
-        (None, Command::Publish(args)) => publish(&settings, args).await,
-        (None, _) => Err("unreachable command".into()),
+        Command::Keys(command) => keys(&settings, command).await,
+        Command::Publish(args) => publish(&settings, args).await,
     }
 }
 
@@ -74,13 +62,65 @@ fn database_url(settings: &Settings) -> Result<&str, String> {
     })
 }
 
+/// How long `migrate` and `keys` wait for PostgreSQL to answer.
+const DATABASE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Connects once before any work, so a dead or missing database is reported as such, naming
+/// the variable (the pool's own error says only "Error occurred while creating a new object").
+async fn check_database(url: &str) -> Result<(), String> {
+    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    match tokio::time::timeout(DATABASE_DEADLINE, connect).await {
+        Err(_) => Err(database_error(
+            url,
+            "cannot connect",
+            &format!("no answer within {} s", DATABASE_DEADLINE.as_secs()),
+        )),
+        Ok(Err(e)) => Err(database_error(url, "cannot connect", &describe(&e))),
+        Ok(Ok((client, connection))) => {
+            drop(client);
+            // Driving the connection with the client gone closes it politely.
+            let _ = tokio::time::timeout(DATABASE_DEADLINE, connection).await;
+            Ok(())
+        }
+    }
+}
+
+/// The server's own words when it answered (e.g. `database "herald" does not exist`), else
+/// every cause (e.g. `error connecting to server: Connection refused (os error 111)`).
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let hint = if db.code() == &tokio_postgres::error::SqlState::INVALID_CATALOG_NAME {
+            " (create it first, e.g. `createdb`, or point HERALD_DATABASE_URL at one that exists)"
+        } else {
+            ""
+        };
+        return format!("{}{hint}", db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+fn database_error(url: &str, what: &str, e: &dyn std::fmt::Display) -> String {
+    format!(
+        "HERALD_DATABASE_URL: {what} ({}): {e}",
+        without_userinfo(url)
+    )
+}
+
 async fn keys(settings: &Settings, command: KeysCommand) -> Result<(), String> {
     let url = database_url(settings)?;
+    check_database(url).await?;
     // Idempotent, and a fresh database needs the tables before the first key.
     herald_store::migrate(url)
         .await
-        .map_err(|e| e.to_string())?;
-    let store = PostgresStore::connect(url, 1).map_err(|e| e.to_string())?;
+        .map_err(|e| database_error(url, "migrations failed", &e))?;
+    let store =
+        PostgresStore::connect(url, 1).map_err(|e| database_error(url, "cannot connect", &e))?;
     let (args, hash, raw) = match command {
         KeysCommand::Create(args) => {
             let raw = RawKey::generate();

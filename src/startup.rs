@@ -1,5 +1,5 @@
 //! Builds each role from its settings and runs it until a shutdown signal.
-use crate::configuration::Settings;
+use crate::configuration::{Secret, Settings};
 use crate::http::{self, AdminApi, Readiness};
 use crate::metrics::Metrics;
 use herald_backplane::{MemoryBackplane, RedisBackplane, RedisConfig, SharedBackplane};
@@ -95,8 +95,10 @@ fn backplane_for(role: Role, settings: &Settings) -> Result<SharedBackplane, Sta
 /// Every node of a deployment must derive the same secret, so it comes from configuration.
 fn token_secret(settings: &Settings) -> Vec<u8> {
     match (&settings.connection_secret, &settings.master_key) {
-        (Some(s), _) => s.as_bytes().to_vec(),
-        (None, Some(m)) => Sha256::digest(format!("herald connection token secret:{m}")).to_vec(),
+        (Some(s), _) => s.expose().as_bytes().to_vec(),
+        (None, Some(m)) => {
+            Sha256::digest(format!("herald connection token secret:{}", m.expose())).to_vec()
+        }
         (None, None) => {
             tracing::warn!(
                 "neither HERALD_CONNECTION_SECRET nor HERALD_MASTER_KEY is set: connection tokens are only valid on this node"
@@ -137,7 +139,7 @@ impl Application {
                 &RawKey::generate().expose()[RawKey::PREFIX.len()..]
             );
             banner.push(format!("master key: {generated}"));
-            settings.master_key = Some(generated);
+            settings.master_key = Some(Secret::new(generated));
         }
         if role == Role::Standalone && settings.database_url.is_none() {
             let raw = RawKey::generate();
@@ -186,7 +188,7 @@ impl Application {
         let mut gateway = None;
         if role != Role::Consume {
             let config = GatewayConfig {
-                master_key: settings.master_key.clone(),
+                master_key: settings.master_key.as_ref().map(|k| k.expose().to_owned()),
                 token_secret: token_secret(&settings),
                 drain_window: settings.drain_window,
                 ..GatewayConfig::default()
@@ -194,7 +196,7 @@ impl Application {
             let g = Gateway::new(config, store.clone(), backplane.clone());
             router = router.merge(g.router());
             router = router.merge(http::admin_routes(AdminApi {
-                master_key: settings.master_key.clone(),
+                master_key: settings.master_key.as_ref().map(|k| k.expose().to_owned()),
                 pipeline,
                 store,
             }));

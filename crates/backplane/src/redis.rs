@@ -99,18 +99,32 @@ pub struct RedisBackplane {
     commands: mpsc::UnboundedSender<SubscriberCommand>,
 }
 
+impl RedisConfig {
+    /// Checks a URL exactly as [`RedisBackplane::connect`] reads it, without connecting, so a
+    /// bad one can stop start-up instead of being retried (docs/configuration.md).
+    pub fn check_url(url: &str) -> Result<(), BackplaneError> {
+        Target::parse(url).map(|_| ())
+    }
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, BackplaneError> {
+        Ok(match ClusterTarget::parse(url)? {
+            Some(cluster) => Self::Cluster(cluster),
+            None => Self::Single(
+                redis::Client::open(url)
+                    .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?,
+            ),
+        })
+    }
+}
+
 impl RedisBackplane {
     /// Validates the URL and starts the subscriber task. Connections are made lazily and
     /// re-made after failures, so this succeeds while Redis is down. A `redis+cluster://` URL
     /// or a comma-separated list of node URLs selects Redis Cluster.
     pub fn connect(config: RedisConfig) -> Result<Arc<Self>, BackplaneError> {
-        let target = match ClusterTarget::parse(&config.url)? {
-            Some(cluster) => Target::Cluster(cluster),
-            None => Target::Single(
-                redis::Client::open(config.url.as_str())
-                    .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?,
-            ),
-        };
+        let target = Target::parse(&config.url)?;
         let names = Arc::new(RedisKeys {
             prefix: config.prefix.clone(),
         });
