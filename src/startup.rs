@@ -2,12 +2,14 @@
 use crate::configuration::{Secret, Settings};
 use crate::http::{self, AdminApi, Readiness};
 use crate::metrics::Metrics;
-use herald_backplane::{MemoryBackplane, RedisBackplane, RedisConfig, SharedBackplane};
+use herald_backplane::{
+    BackplaneError, MemoryBackplane, RedisBackplane, RedisConfig, SharedBackplane,
+};
 use herald_domain::{KeyId, RawKey, VirtualKey};
 use herald_gateway::{Gateway, GatewayConfig};
 use herald_ingest::amqp::{self, AmqpConfig};
 use herald_ingest::{Pipeline, PipelineConfig};
-use herald_store::{MemoryStore, PostgresStore, SharedStore};
+use herald_store::{MemoryStore, PostgresStore, SharedStore, StoreError};
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -38,8 +40,12 @@ impl Role {
 pub enum StartupError {
     #[error("{0}")]
     Config(String),
-    #[error("{0}")]
-    Dependency(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backplane(#[from] BackplaneError),
+    #[error("migrations failed: {0}")]
+    Migrations(#[source] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -60,9 +66,7 @@ pub struct Application {
 
 pub fn store_for(role: Role, settings: &Settings) -> Result<SharedStore, StartupError> {
     match &settings.database_url {
-        Some(url) => Ok(Arc::new(
-            PostgresStore::connect(url, 16).map_err(|e| StartupError::Dependency(e.to_string()))?,
-        )),
+        Some(url) => Ok(Arc::new(PostgresStore::connect(url, 16)?)),
         None if role == Role::Standalone => Ok(Arc::new(MemoryStore::new())),
         None => Err(StartupError::Config(format!(
             "HERALD_DATABASE_URL: herald {} needs PostgreSQL, expected a postgres:// URL (only standalone runs without one)",
@@ -78,8 +82,7 @@ fn backplane_for(role: Role, settings: &Settings) -> Result<SharedBackplane, Sta
             cfg.prefix = settings.redis_prefix.clone();
             cfg.max_len = settings.history_maxlen;
             cfg.ttl = settings.history_ttl;
-            let bp: SharedBackplane = RedisBackplane::connect(cfg)
-                .map_err(|e| StartupError::Dependency(e.to_string()))?;
+            let bp: SharedBackplane = RedisBackplane::connect(cfg)?;
             Ok(bp)
         }
         None if role == Role::Standalone => {
@@ -128,7 +131,7 @@ impl Application {
         {
             let applied = herald_store::migrate(url)
                 .await
-                .map_err(|e| StartupError::Dependency(format!("migrations failed: {e}")))?;
+                .map_err(StartupError::Migrations)?;
             tracing::info!(?applied, "migrations applied");
         }
         let store = store_for(role, &settings)?;
@@ -146,10 +149,7 @@ impl Application {
             let id = KeyId::new(1).map_err(|e| StartupError::Config(e.to_string()))?;
             let mut demo = VirtualKey::new(id, raw.hash(), "demo");
             demo.budget = Some(Decimal::new(1000, 2));
-            store
-                .put_key(&demo)
-                .await
-                .map_err(|e| StartupError::Dependency(e.to_string()))?;
+            store.put_key(&demo).await?;
             banner.push(format!(
                 "demo virtual key (id 1, budget 10.00): {}",
                 raw.expose()

@@ -3,10 +3,10 @@
 //! against the connection's key and its event sequence (loss, duplicates, misrouting) and its
 //! send timestamp goes into the latency histogram.
 use crate::error::Error;
-use herald_signalr_client::codec;
 use crate::http::{Http, authority, json_string_field};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use herald_signalr_client::codec;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -141,7 +141,6 @@ pub struct ConnSpec {
     pub negotiate: bool,
     pub source: Option<IpAddr>,
 }
-
 
 /// Runs one connection until the run stops (reconnecting if asked to).
 pub async fn run_connection(spec: ConnSpec, shared: Arc<Shared>) {

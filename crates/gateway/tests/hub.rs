@@ -6,6 +6,7 @@ use herald_domain::{Audience, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey
 use herald_gateway::cursor::Cursor;
 use herald_gateway::token::{self, ConnectionToken};
 use herald_gateway::{Gateway, GatewayConfig};
+use herald_signalr_client::ConnectError;
 use herald_store::{MemoryStore, Store};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use herald_signalr_client::ConnectError;
 
 const SECRET: &[u8] = b"test-secret-shared-by-nodes";
 const KEY_A: &str = "condt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
@@ -166,7 +166,10 @@ impl Client {
 
     /// The next record, `None` once the connection is closed.
     async fn next(&mut self) -> Option<String> {
-        self.0.next_record(WAIT).await.expect("no record within 5 s")
+        self.0
+            .next_record(WAIT)
+            .await
+            .expect("no record within 5 s")
     }
 
     async fn next_json(&mut self) -> Value {
