@@ -37,6 +37,25 @@ pub struct TestApp {
     stop: watch::Sender<bool>,
 }
 
+/// True when a missing precondition must fail the test rather than skip it: under the test
+/// command (`scripts/test` exports `HERALD_TEST_STRICT=1`) or CI (docs/testing.md).
+pub fn strict() -> bool {
+    ["HERALD_TEST_STRICT", "CI"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"))
+}
+
+/// A test that cannot run here: fails under `strict()`, else says so on the real stderr (not
+/// the captured test output, so a bare `cargo test` shows it) and lets the caller return.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        !strict(),
+        "{test}: precondition missing ({why}); HERALD_TEST_STRICT/CI make that a failure"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:012x}", rand::random::<u64>() >> 16)
 }
