@@ -449,6 +449,16 @@ pub async fn publish_spend(
     .await;
 }
 
+/// What `SignalR::next_or_close` found.
+#[derive(Debug)]
+pub enum Next {
+    Message(Value),
+    /// The socket closed (close frame, end of stream or error).
+    Closed,
+    /// Nothing arrived within the wait; the socket is still open.
+    Silent,
+}
+
 /// A raw SignalR JSON-protocol client over WebSocket.
 pub struct SignalR {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
@@ -532,6 +542,60 @@ impl SignalR {
         others.append(&mut self.pending);
         self.pending = others;
         completion
+    }
+
+    /// The next protocol message, told apart from a closed socket and from silence (which
+    /// `next_raw_message` both report as `None`).
+    pub async fn next_or_close(&mut self, wait: Duration) -> Next {
+        if !self.pending.is_empty() {
+            return Next::Message(self.pending.remove(0));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Next::Silent,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                    return Next::Closed;
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            let text = match msg {
+                Message::Text(t) => t.to_string(),
+                Message::Binary(b) => String::from_utf8_lossy(&b).to_string(),
+                _ => continue,
+            };
+            for record in text.split(RS).filter(|r| !r.is_empty()) {
+                self.pending.push(serde_json::from_str(record).unwrap());
+            }
+            if !self.pending.is_empty() {
+                return Next::Message(self.pending.remove(0));
+            }
+        }
+    }
+
+    /// Invocations (target, first argument) until every event id of `markers` has arrived
+    /// (the markers included), each within `wait`; panics naming what arrived if one does not.
+    /// A marker published after an unwanted event, on the audience the unwanted event would
+    /// use, proves by its arrival that the unwanted one is not coming (stream order).
+    pub async fn until_markers(
+        &mut self,
+        markers: &[&str],
+        wait: Duration,
+    ) -> Vec<(String, Value)> {
+        let mut seen = Vec::new();
+        let mut missing: Vec<&str> = markers.to_vec();
+        while !missing.is_empty() {
+            let Some((name, arg)) = self.next_invocation(wait).await else {
+                let ids: Vec<String> = seen
+                    .iter()
+                    .map(|(n, a): &(String, Value)| format!("{n} {}", a["eventId"]))
+                    .collect();
+                panic!("markers {missing:?} did not arrive within {wait:?}; got {ids:?}");
+            };
+            missing.retain(|m| arg["eventId"].as_str() != Some(*m));
+            seen.push((name, arg));
+        }
+        seen
     }
 
     /// The next protocol message of any type; `None` when the socket closes or after `wait`.
