@@ -561,3 +561,36 @@ async fn task_cancelled_takes_its_positional_reason_from_reason_then_message_the
         );
     }
 }
+
+/// docs/events.md §5: the key store learns a key from `VirtualKeyCreated` (hash included), so
+/// the key can connect at once on every node.
+#[tokio::test]
+async fn a_key_created_by_event_can_connect_at_once_on_every_node() {
+    let nodes = spawn_cluster(2).await;
+    let raw = format!("condt_{}", unique("created"));
+    let hash = herald_domain::KeyHash::of_raw(&raw);
+    for n in &nodes {
+        assert_eq!(
+            upgrade_status(&n.ws_url("/hubs/events", &format!("access_token={raw}"))).await,
+            401,
+            "unknown before the event"
+        );
+    }
+    let mut admin = watcher(&nodes[1]).await;
+    publish_masstransit(
+        &nodes[0],
+        "kc-61",
+        "VirtualKeyCreated",
+        &format!(
+            r#"{{"KeyId":61,"KeyHash":"{}","KeyName":"by-event","IsEnabled":true}}"#,
+            hash.as_str()
+        ),
+    )
+    .await;
+    admin.until_markers(&["kc-61"], WAIT).await;
+    for n in &nodes {
+        let client =
+            SignalR::connect(&n.ws_url("/hubs/events", &format!("access_token={raw}"))).await;
+        assert!(client.is_ok(), "node {}: {:?}", n.addr, client.err());
+    }
+}
