@@ -238,9 +238,18 @@ impl Drop for Services {
             .stdout(Stdio::null())
             .status();
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let _ = Command::new(root.join("scripts/services")).status();
+        let _ = Command::new("bash")
+            .arg("-c")
+            .arg(format!("{CLOSE_INHERITED_FDS} exec scripts/services"))
+            .current_dir(root)
+            .status();
     }
 }
+
+/// Shell prefix closing every inherited descriptor above stderr. A daemon the script starts
+/// (redis-server) would otherwise keep them open for its whole life — among them the lock of
+/// `flock /tmp/herald-shared-services.lock cargo test …`, which would then never be released.
+const CLOSE_INHERITED_FDS: &str = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null;"#;
 
 /// Runs a shell command to completion (for the service restarts); panics when it fails or
 /// runs longer than SERVICE_DEADLINE (`timeout` kills it: a wedged rabbitmqctl is a failure).
@@ -254,7 +263,7 @@ fn sh(script: &str) {
             "bash",
             "-c",
         ])
-        .arg(script)
+        .arg(format!("{CLOSE_INHERITED_FDS} {script}"))
         .current_dir(root)
         .output()
         .unwrap();
