@@ -562,7 +562,14 @@ async fn restart_master(addr: &str) {
     }
     // Down long enough for the subscriber to notice and start reconnecting.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let status = std::process::Command::new("redis-server")
+    // Through a shell that closes every inherited descriptor above stderr first: the daemon
+    // would otherwise hold them for its whole life — among them the lock of
+    // `flock /tmp/herald-shared-services.lock cargo test …`, never to be released.
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(
+            r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null; exec redis-server "$0""#,
+        )
         .arg(&config_file)
         .status()
         .unwrap();
