@@ -731,7 +731,9 @@ mod tests {
         assert_eq!(key_slot(b"123456789"), 0x31C3);
         assert_eq!(key_slot(b"foo"), 12182);
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        // An empty tag does not count: the whole key is hashed (CLUSTER KEYSLOT says 8363).
+        assert_eq!(key_slot(b"foo{}{bar}"), 8363);
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
         assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
         let names = RedisKeys {
             prefix: "herald".into(),
