@@ -2,7 +2,7 @@
 //! placed here on the subcommands that read them.
 use crate::configuration::{
     self, AmqpArgs, ConfigError, ConsumerArgs, DatabaseArgs, GatewayArgs, Groups, LogArgs,
-    NodeArgs, Settings,
+    NodeArgs, Overrides, Settings,
 };
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::collections::HashMap;
@@ -424,4 +424,29 @@ fn env_error(
         _ => return CliError::Usage(e),
     };
     CliError::Config(ConfigError::new(var.clone(), problem))
+}
+
+impl Settings {
+    /// Settings of `herald standalone` from `flags`, then the variables `env` gives, then the
+    /// defaults, without reading the process environment.
+    pub fn load(
+        flags: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let args = ["herald", "standalone"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(flags.args.iter().cloned());
+        let vars = crate::cli::variable_names()
+            .into_iter()
+            .filter_map(|name| env(&name).map(|v| (name, v)));
+        match crate::cli::parse(args, vars) {
+            Ok(invocation) => Ok(invocation.settings),
+            Err(crate::cli::CliError::Config(e)) => Err(e),
+            Err(crate::cli::CliError::Usage(e)) => Err(ConfigError::new(
+                "command line",
+                e.render().to_string().trim().to_owned(),
+            )),
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! What each subcommand does.
 use crate::cli::{Command, Invocation, KeyArgs, KeysCommand, PublishArgs};
-use crate::configuration::{Settings, without_userinfo};
+use crate::configuration::Settings;
 use crate::keys::KeySpec;
 use crate::startup::{Application, Role, StartupError, shutdown_signal};
 use crate::telemetry;
+use crate::values::without_userinfo;
 use herald_domain::{Cause, KeyHash, KeyId, RawKey};
 use herald_ingest::amqp::{self, AmqpError, EnvelopeKind};
 use herald_store::{PostgresStore, Store, StoreError};

@@ -3,7 +3,7 @@
 //! the real binary prints for each subcommand (flag, variable, default and text), in both
 //! directions. Regenerate the table with
 //! `HERALD_REGENERATE_DOCS=1 cargo test --test configuration_docs generate`.
-use herald::configuration::{REFERENCE_BEGIN, REFERENCE_END, reference_markdown};
+use herald::reference::{REFERENCE_BEGIN, REFERENCE_END, reference_markdown};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
