@@ -1,4 +1,4 @@
-//! Issue 4, consumer faults (DESIGN §7 invariant 1): while Redis or PostgreSQL is down, `herald
+//! Issue 4, consumer faults (docs/reliability.md, invariant 1): while Redis or PostgreSQL is down, `herald
 //! consume` takes no message off the queue for good — nothing is acked or dead-lettered before it
 //! is durable — and it resumes by itself when the dependency returns; every event then reaches
 //! the client exactly once and every alert fires once. Real processes, a private redis-server

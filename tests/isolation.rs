@@ -1,4 +1,4 @@
-//! Invariant 2 (DESIGN §7): a connection never receives another key's events, admin excepted.
+//! Invariant 2 of docs/reliability.md: a connection never receives another key's events, admin excepted.
 //! 50 keys on two nodes sharing the bus and backplane, a few hundred mixed events; and a key
 //! revoked through the bus loses its connection on the other node.
 #![allow(clippy::unwrap_used)]
