@@ -25,11 +25,13 @@ pub async fn run(cli: Cli) -> Result<(), String> {
     } else {
         LogFormat::Text
     };
-    telemetry::init(
+    // Only the serving roles make spans; the CLI commands do not export.
+    let tracing = telemetry::init(
         settings.log_format.unwrap_or(default_format),
         &settings.node_id,
-    );
-    match (role, command) {
+        role.is_some(),
+    )?;
+    let result = match (role, command) {
         (Some(role), _) => run_role(role, settings).await,
         (None, Command::Migrate) => {
             let url = database_url(&settings)?;
@@ -42,7 +44,12 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         (None, Command::Keys { command }) => keys(&settings, command).await,
         (None, Command::Publish(args)) => publish(&settings, args).await,
         (None, _) => Err("unreachable command".into()),
+    };
+    if let Some(t) = tracing {
+        // Flushing blocks on the exporter's thread, which needs this runtime's workers free.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     }
+    result
 }
 
 async fn run_role(role: Role, settings: Settings) -> Result<(), String> {

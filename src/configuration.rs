@@ -1,7 +1,6 @@
 //! Settings from flags and `HERALD_*` environment variables (flags win). Parsing takes a
 //! lookup function instead of reading the process environment, so it is testable as is.
 use herald_domain::thresholds::Thresholds;
-use herald_telemetry::trace::OtlpEndpoint;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -50,10 +49,6 @@ pub struct Settings {
     pub log_format: Option<LogFormat>,
     /// On SIGTERM, connections are closed (allowReconnect) spread over this window.
     pub drain_window: Duration,
-    /// Where spans go (OTLP/HTTP JSON), from the standard `OTEL_EXPORTER_OTLP_*` variables.
-    pub otlp: Option<OtlpEndpoint>,
-    /// `OTEL_SERVICE_NAME`, default `herald`.
-    pub service_name: String,
 }
 
 /// The variables Herald reads, with their defaults, for `--help` and docs.
@@ -92,11 +87,11 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("HERALD_DRAIN_WINDOW", "10s"),
     (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "(none: no trace export; http://host:4318 sends OTLP/HTTP JSON)",
+        "(none: no trace export; read by the OpenTelemetry SDK, see docs/operations.md)",
     ),
     (
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "(OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces)",
+        "(OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces for http/protobuf)",
     ),
     ("OTEL_SERVICE_NAME", "herald"),
 ];
@@ -297,37 +292,7 @@ impl Settings {
             })?,
             None => Duration::from_secs(10),
         };
-        let otlp = OtlpEndpoint::parse(
-            env("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
-            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").as_deref(),
-        )
-        .map_err(|e| {
-            let var = if env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .is_some_and(|v| !v.trim().is_empty())
-            {
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-            } else {
-                "OTEL_EXPORTER_OTLP_ENDPOINT"
-            };
-            ConfigError::new(var, e)
-        })?;
-        if otlp.is_some()
-            && let Some(p) = env("OTEL_EXPORTER_OTLP_PROTOCOL")
-                .map(|p| p.trim().to_ascii_lowercase())
-                .filter(|p| !p.is_empty() && p != "http/json")
-        {
-            return Err(ConfigError::new(
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                format!("Herald exports http/json only, got {p:?} (unset it or set http/json)"),
-            ));
-        }
-        let service_name = env("OTEL_SERVICE_NAME")
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "herald".to_owned());
         Ok(Self {
-            otlp,
-            service_name,
             drain_window,
             listen,
             amqp_url,
@@ -408,42 +373,6 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::load(&flags, |k| map.get(k).cloned())
-    }
-
-    #[test]
-    fn otlp_endpoint_comes_from_the_standard_variables_and_bad_ones_are_named() {
-        let s = load(&[], Overrides::default()).unwrap();
-        assert_eq!(s.otlp, None);
-        assert_eq!(s.service_name, "herald");
-        let s = load(
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-                ("OTEL_SERVICE_NAME", "herald-gw"),
-            ],
-            Overrides::default(),
-        )
-        .unwrap();
-        let e = s.otlp.unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.port, e.path.as_str()),
-            ("collector", 4318, "/v1/traces")
-        );
-        assert_eq!(s.service_name, "herald-gw");
-        let e = load(
-            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
-            Overrides::default(),
-        )
-        .unwrap_err();
-        assert_eq!(e.var, "OTEL_EXPORTER_OTLP_ENDPOINT");
-        let e = load(
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ],
-            Overrides::default(),
-        )
-        .unwrap_err();
-        assert_eq!(e.var, "OTEL_EXPORTER_OTLP_PROTOCOL");
     }
 
     #[test]
