@@ -29,13 +29,17 @@ type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
 /// be used.
 pub fn init(format: LogFormat, node: &str, export: bool) -> Result<Option<Tracing>, String> {
     let tracing = if export {
-        Tracing::from_env(node).map_err(|e| e.to_string())?
+        // The SDK warns about variables it ignores while it builds: log those lines too.
+        let logs_only = Dispatch::from(tracing_subscriber::registry().with(vec![log_layer(
+            format,
+            node,
+            Arc::new(OnceLock::new()),
+        )]));
+        tracing::dispatcher::with_default(&logs_only, || Tracing::from_env(node))
+            .map_err(|e| e.to_string())?
     } else {
         None
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let dispatch = Arc::new(OnceLock::new());
     let mut layers: Vec<Boxed> = Vec::new();
     // Herald's spans are exported whatever RUST_LOG says; log events are not span events.
@@ -44,21 +48,30 @@ pub fn init(format: LogFormat, node: &str, export: bool) -> Result<Option<Tracin
             m.is_span() && m.target().starts_with("herald")
         }))));
     }
-    layers.push(match format {
-        LogFormat::Json => Box::new(
-            fmt.event_format(JsonLine {
-                node: node.to_owned(),
-                dispatch: dispatch.clone(),
-            })
-            .with_filter(filter),
-        ),
-        LogFormat::Text => Box::new(fmt.with_filter(filter)),
-    });
+    layers.push(log_layer(format, node, dispatch.clone()));
     let subscriber: Dispatch = tracing_subscriber::registry().with(layers).into();
     let _ = dispatch.set(subscriber.downgrade());
     // A second init (tests) is harmless; ignore it.
     let _ = subscriber.try_init();
     Ok(tracing)
+}
+
+/// The log lines to stderr, filtered by `RUST_LOG`. `dispatch` is the subscriber the layer
+/// ends up in (set once built), where JSON lines look up the current span's trace ids.
+fn log_layer(format: LogFormat, node: &str, dispatch: Arc<OnceLock<WeakDispatch>>) -> Boxed {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => Box::new(
+            fmt.event_format(JsonLine {
+                node: node.to_owned(),
+                dispatch,
+            })
+            .with_filter(filter),
+        ),
+        LogFormat::Text => Box::new(fmt.with_filter(filter)),
+    }
 }
 
 /// Formats one event as a JSON object on one line.

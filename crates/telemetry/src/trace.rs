@@ -13,7 +13,8 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::{
@@ -54,6 +55,8 @@ const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+const TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION";
 
 /// The exporter's settings that Herald itself reads (the SDK reads the rest: headers,
 /// compression, sampler, resource attributes, batch sizes).
@@ -61,6 +64,8 @@ const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
 pub struct ExportSettings {
     /// The variable that named the endpoint (for error messages).
     pub endpoint_var: &'static str,
+    /// An `https://` endpoint.
+    pub tls: bool,
     pub protocol: Protocol,
     pub timeout: Duration,
 }
@@ -74,9 +79,10 @@ impl ExportSettings {
                 .filter(|v| !v.is_empty())
                 .map(|v| (var, v))
         };
-        let Some((endpoint_var, _)) = set(TRACES_ENDPOINT).or_else(|| set(ENDPOINT)) else {
+        let Some((endpoint_var, endpoint)) = set(TRACES_ENDPOINT).or_else(|| set(ENDPOINT)) else {
             return Ok(None);
         };
+        let tls = endpoint.to_ascii_lowercase().starts_with("https://");
         let protocol = match set(TRACES_PROTOCOL).or_else(|| set(PROTOCOL)) {
             None => Protocol::HttpBinary,
             Some((var, v)) => match v.to_ascii_lowercase().as_str() {
@@ -97,8 +103,18 @@ impl ExportSettings {
                 problem: format!("expected milliseconds, got {v:?}"),
             })?),
         };
+        // No compression is built in; the SDK would only warn and send uncompressed.
+        if let Some((var, v)) = set(TRACES_COMPRESSION).or_else(|| set(COMPRESSION))
+            && !v.eq_ignore_ascii_case("none")
+        {
+            return Err(ConfigError {
+                var,
+                problem: format!("Herald sends spans uncompressed: expected none, got {v:?}"),
+            });
+        }
         Ok(Some(Self {
             endpoint_var,
+            tls,
             protocol,
             timeout,
         }))
@@ -126,12 +142,17 @@ impl Tracing {
         };
         let builder = opentelemetry_otlp::SpanExporter::builder();
         let exporter = match settings.protocol {
-            Protocol::Grpc => builder
-                .with_tonic()
-                .with_protocol(Protocol::Grpc)
-                .with_timeout(settings.timeout)
-                .build()
-                .map_err(bad)?,
+            Protocol::Grpc => {
+                let mut grpc = builder
+                    .with_tonic()
+                    .with_protocol(Protocol::Grpc)
+                    .with_timeout(settings.timeout);
+                if settings.tls {
+                    // tonic trusts no roots unless told to: the OS store, as for HTTP.
+                    grpc = grpc.with_tls_config(ClientTlsConfig::new().with_native_roots());
+                }
+                grpc.build().map_err(bad)?
+            }
             _ => builder
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
@@ -313,8 +334,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            (s.endpoint_var, s.protocol, s.timeout),
-            (ENDPOINT, Protocol::HttpBinary, Duration::from_secs(10))
+            (s.endpoint_var, s.tls, s.protocol, s.timeout),
+            (
+                ENDPOINT,
+                true,
+                Protocol::HttpBinary,
+                Duration::from_secs(10)
+            )
         );
         let s = settings(&[
             (ENDPOINT, "http://a:4318"),
@@ -327,14 +353,22 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            (s.endpoint_var, s.protocol, s.timeout),
-            (TRACES_ENDPOINT, Protocol::Grpc, Duration::from_millis(2500))
+            (s.endpoint_var, s.tls, s.protocol, s.timeout),
+            (
+                TRACES_ENDPOINT,
+                false,
+                Protocol::Grpc,
+                Duration::from_millis(2500)
+            )
         );
         let e = settings(&[(ENDPOINT, "http://a:4318"), (PROTOCOL, "http/json")]).unwrap_err();
         assert_eq!(e.var, PROTOCOL);
         assert!(e.to_string().contains("http/json"), "{e}");
         let e = settings(&[(ENDPOINT, "http://a:4318"), (TIMEOUT, "10s")]).unwrap_err();
         assert_eq!(e.var, TIMEOUT);
+        let e = settings(&[(ENDPOINT, "http://a:4318"), (COMPRESSION, "gzip")]).unwrap_err();
+        assert_eq!(e.var, COMPRESSION);
+        assert!(settings(&[(ENDPOINT, "http://a:4318"), (COMPRESSION, "none")]).is_ok());
     }
 
     /// Keeps every ended span, so a test can look at parents.
