@@ -289,6 +289,9 @@ pub fn fail(span: &tracing::Span, error: &dyn std::fmt::Display) {
 
 /// The `traceparent` a child of `span` should carry; `None` when `span` is not exported.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if span.is_none() {
+        return None;
+    }
     let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
