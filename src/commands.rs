@@ -1,49 +1,75 @@
 //! What each subcommand does.
-use crate::cli::{Cli, Command, KeyArgs, KeysCommand, PublishArgs};
-use crate::configuration::{LogFormat, Settings};
+use crate::cli::{Command, Invocation, KeyArgs, KeysCommand, PublishArgs};
+use crate::configuration::Settings;
 use crate::keys::KeySpec;
-use crate::startup::{Application, Role, shutdown_signal};
+use crate::startup::{Application, Role, StartupError, shutdown_signal};
 use crate::telemetry;
-use herald_domain::{KeyHash, KeyId, RawKey};
-use herald_ingest::amqp::{self, EnvelopeKind};
-use herald_store::{PostgresStore, Store};
+use crate::values::without_userinfo;
+use herald_domain::{Cause, KeyHash, KeyId, RawKey};
+use herald_ingest::amqp::{self, AmqpError, EnvelopeKind};
+use herald_store::{PostgresStore, Store, StoreError};
 use rust_decimal::Decimal;
 use std::str::FromStr;
+use std::time::Duration;
 use tokio::sync::watch;
 
-pub async fn run(cli: Cli) -> Result<(), String> {
-    let settings = Settings::from_process(&cli.overrides).map_err(|e| e.to_string())?;
-    let command = cli.command.unwrap_or(Command::Standalone);
-    let role = match command {
-        Command::Standalone => Some(Role::Standalone),
-        Command::Consume => Some(Role::Consume),
-        Command::Serve => Some(Role::Serve),
-        _ => None,
-    };
-    let default_format = if matches!(role, Some(Role::Consume | Role::Serve)) {
-        LogFormat::Json
-    } else {
-        LogFormat::Text
-    };
+/// Why a command failed; `main` prints it after `herald: ` and exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A missing or malformed setting or argument; the text names it.
+    #[error("{0}")]
+    Usage(String),
+    /// PostgreSQL could not do what `migrate` or `keys` asked.
+    #[error("HERALD_DATABASE_URL: {what} ({url}): {cause}")]
+    Database {
+        what: &'static str,
+        /// Without its user information.
+        url: String,
+        #[source]
+        cause: Cause,
+    },
+    #[error("key {0} already exists")]
+    KeyExists(KeyId),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("serving: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] AmqpError),
+}
+
+impl From<String> for CommandError {
+    fn from(message: String) -> Self {
+        Self::Usage(message)
+    }
+}
+
+pub async fn run(invocation: Invocation) -> Result<(), CommandError> {
+    let Invocation { command, settings } = invocation;
     // Only the serving roles make spans; the CLI commands do not export.
-    let tracing = telemetry::init(
-        settings.log_format.unwrap_or(default_format),
-        &settings.node_id,
-        role.is_some(),
-    )?;
-    let result = match (role, command) {
-        (Some(role), _) => run_role(role, settings).await,
-        (None, Command::Migrate) => {
+    let serving = matches!(
+        command,
+        Command::Standalone | Command::Consume | Command::Serve
+    );
+    let tracing = telemetry::init(settings.log_format, &settings.node_id, serving)
+        .map_err(CommandError::Usage)?;
+    let result = match command {
+        Command::Standalone => run_role(Role::Standalone, settings).await,
+        Command::Consume => run_role(Role::Consume, settings).await,
+        Command::Serve => run_role(Role::Serve, settings).await,
+        Command::Migrate => {
             let url = database_url(&settings)?;
+            check_database(url).await?;
             let applied = herald_store::migrate(url)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| store_failed(url, "migrations failed", e))?;
             eprintln!("migrations applied: {applied:?}");
             Ok(())
         }
-        (None, Command::Keys { command }) => keys(&settings, command).await,
-        (None, Command::Publish(args)) => publish(&settings, args).await,
-        (None, _) => Err("unreachable command".into()),
+        Command::Keys(command) => keys(&settings, command).await,
+        Command::Publish(args) => publish(&settings, args).await,
     };
     if let Some(t) = tracing {
         // Flushing blocks on the exporter's thread, which needs this runtime's workers free.
@@ -52,12 +78,10 @@ pub async fn run(cli: Cli) -> Result<(), String> {
     result
 }
 
-async fn run_role(role: Role, settings: Settings) -> Result<(), String> {
+async fn run_role(role: Role, settings: Settings) -> Result<(), CommandError> {
     let node = settings.node_id.clone();
-    let app = Application::build(role, settings)
-        .await
-        .map_err(|e| e.to_string())?;
-    let addr = app.local_addr().map_err(|e| e.to_string())?;
+    let app = Application::build(role, settings).await?;
+    let addr = app.local_addr().map_err(CommandError::Serve)?;
     // Scripts and tests wait for this exact line on stdout.
     println!("listening on http://{addr}");
     for line in &app.banner {
@@ -70,24 +94,88 @@ async fn run_role(role: Role, settings: Settings) -> Result<(), String> {
         tracing::info!("shutdown signal received");
         let _ = tx.send(true);
     });
-    app.run(rx).await.map_err(|e| e.to_string())?;
+    app.run(rx).await.map_err(CommandError::Serve)?;
     tracing::info!("herald stopped");
     Ok(())
 }
 
-fn database_url(settings: &Settings) -> Result<&str, String> {
+fn database_url(settings: &Settings) -> Result<&str, CommandError> {
     settings.database_url.as_deref().ok_or_else(|| {
-        "HERALD_DATABASE_URL: expected a postgres:// URL (a standalone node without one keeps keys in memory: create them there with POST /v1/keys)".to_owned()
+        CommandError::Usage("HERALD_DATABASE_URL: expected a postgres:// URL (a standalone node without one keeps keys in memory: create them there with POST /v1/keys)".to_owned())
     })
 }
 
-async fn keys(settings: &Settings, command: KeysCommand) -> Result<(), String> {
+/// How long `migrate` and `keys` wait for PostgreSQL to answer.
+const DATABASE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Connects once before any work, so a dead or missing database is reported as such, naming
+/// the variable (the pool's own error says only "Error occurred while creating a new object").
+async fn check_database(url: &str) -> Result<(), CommandError> {
+    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    match tokio::time::timeout(DATABASE_DEADLINE, connect).await {
+        Err(_) => Err(database_error(
+            url,
+            "cannot connect",
+            Cause::from(format!(
+                "no answer within {} s",
+                DATABASE_DEADLINE.as_secs()
+            )),
+        )),
+        Ok(Err(e)) => Err(database_error(
+            url,
+            "cannot connect",
+            Cause::from(describe(&e)),
+        )),
+        Ok(Ok((client, connection))) => {
+            drop(client);
+            // Driving the connection with the client gone closes it politely.
+            let _ = tokio::time::timeout(DATABASE_DEADLINE, connection).await;
+            Ok(())
+        }
+    }
+}
+
+/// The server's own words when it answered (e.g. `database "herald" does not exist`), else
+/// every cause (e.g. `error connecting to server: Connection refused (os error 111)`).
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let hint = if db.code() == &tokio_postgres::error::SqlState::INVALID_CATALOG_NAME {
+            " (create it first, e.g. `createdb`, or point HERALD_DATABASE_URL at one that exists)"
+        } else {
+            ""
+        };
+        return format!("{}{hint}", db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+fn database_error(url: &str, what: &'static str, cause: Cause) -> CommandError {
+    CommandError::Database {
+        what,
+        url: without_userinfo(url),
+        cause,
+    }
+}
+
+fn store_failed(url: &str, what: &'static str, e: StoreError) -> CommandError {
+    database_error(url, what, Cause::new(e))
+}
+
+async fn keys(settings: &Settings, command: KeysCommand) -> Result<(), CommandError> {
     let url = database_url(settings)?;
+    check_database(url).await?;
     // Idempotent, and a fresh database needs the tables before the first key.
     herald_store::migrate(url)
         .await
-        .map_err(|e| e.to_string())?;
-    let store = PostgresStore::connect(url, 1).map_err(|e| e.to_string())?;
+        .map_err(|e| store_failed(url, "migrations failed", e))?;
+    let store =
+        PostgresStore::connect(url, 1).map_err(|e| store_failed(url, "cannot connect", e))?;
     let (args, hash, raw) = match command {
         KeysCommand::Create(args) => {
             let raw = RawKey::generate();
@@ -101,15 +189,10 @@ async fn keys(settings: &Settings, command: KeysCommand) -> Result<(), String> {
         ),
     };
     let key = spec(&args, hash)?.build()?;
-    if store
-        .key_by_id(key.id)
-        .await
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
-        return Err(format!("key {} already exists", key.id));
+    if store.key_by_id(key.id).await?.is_some() {
+        return Err(CommandError::KeyExists(key.id));
     }
-    store.put_key(&key).await.map_err(|e| e.to_string())?;
+    store.put_key(&key).await?;
     eprintln!("stored virtual key {} ({})", key.id, key.name);
     if let Some(raw) = raw {
         // stdout carries exactly the raw key.
@@ -149,20 +232,19 @@ fn spec(args: &KeyArgs, hash: KeyHash) -> Result<KeySpec<'_>, String> {
     })
 }
 
-async fn publish(settings: &Settings, args: PublishArgs) -> Result<(), String> {
-    let url = settings
-        .amqp_url
-        .as_deref()
-        .ok_or("HERALD_AMQP_URL: expected an amqp:// URL to publish to")?;
+async fn publish(settings: &Settings, args: PublishArgs) -> Result<(), CommandError> {
+    let url = settings.amqp_url.as_deref().ok_or_else(|| {
+        CommandError::Usage("HERALD_AMQP_URL: expected an amqp:// URL to publish to".into())
+    })?;
     let body: serde_json::Value =
         serde_json::from_str(&args.json).map_err(|e| format!("--json: not valid JSON: {e}"))?;
     let envelope = match args.envelope.to_ascii_lowercase().as_str() {
         "cloudevents" => EnvelopeKind::CloudEvents,
         "masstransit" => EnvelopeKind::MassTransit,
         other => {
-            return Err(format!(
+            return Err(CommandError::Usage(format!(
                 "--envelope: expected cloudevents or masstransit, got {other:?}"
-            ));
+            )));
         }
     };
     let id = args
@@ -176,8 +258,7 @@ async fn publish(settings: &Settings, args: PublishArgs) -> Result<(), String> {
         &id,
         envelope,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     eprintln!("published {} {id}", args.event_type);
     Ok(())
 }

@@ -96,31 +96,57 @@ async fn metrics_text(State(s): State<HealthState>) -> Response {
         .into_response()
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": message.into()}))).into_response()
+/// Why an admin API request was refused. Its response is the status and `{"error": "..."}`.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Event(#[from] Failure),
 }
 
-fn authorize(
-    api: &AdminApi,
-    headers: &HeaderMap,
-    query: Option<&str>,
-) -> Result<(), Box<Response>> {
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::BadRequest(_) | Self::Event(Failure::Rejected(_)) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            // Over HTTP the caller holds a deferred event: it can send it again after the one
+            // it waits for.
+            Self::Conflict(_)
+            | Self::Store(StoreError::Conflict(_))
+            | Self::Event(Failure::Deferred(_)) => StatusCode::CONFLICT,
+            Self::Store(_) | Self::Event(Failure::Transient(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let message = match &self {
+            // The caller sees the reason, not the "rejected:" prefix of the consumer's logs.
+            Self::Event(Failure::Rejected(r) | Failure::Deferred(r)) => r.to_string(),
+            Self::Event(Failure::Transient(r)) => r.to_string(),
+            Self::Store(StoreError::Conflict(m)) => m.clone(),
+            other => other.to_string(),
+        };
+        (status, Json(json!({"error": message}))).into_response()
+    }
+}
+
+fn authorize(api: &AdminApi, headers: &HeaderMap, query: Option<&str>) -> Result<(), ApiError> {
     let Some(master) = &api.master_key else {
-        return Err(Box::new(error(
-            StatusCode::FORBIDDEN,
+        return Err(ApiError::Forbidden(
             "admin API disabled: set HERALD_MASTER_KEY",
-        )));
+        ));
     };
     match presented_credential(headers, query) {
         Some(c) if constant_time_eq(c.as_bytes(), master.as_bytes()) => Ok(()),
-        Some(_) => Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "invalid master key",
-        ))),
-        None => Err(Box::new(error(
-            StatusCode::UNAUTHORIZED,
-            "master key required",
-        ))),
+        Some(_) => Err(ApiError::Unauthorized("invalid master key")),
+        None => Err(ApiError::Unauthorized("master key required")),
     }
 }
 
@@ -129,10 +155,8 @@ async fn post_event(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Err(r) = authorize(&api, &headers, query.as_deref()) {
-        return *r;
-    }
+) -> Result<Response, ApiError> {
+    authorize(&api, &headers, query.as_deref())?;
     let header_text = |name: &str| {
         headers
             .get(name)
@@ -145,20 +169,13 @@ async fn post_event(
         message_type: None,
         traceparent: header_text("traceparent"),
     };
-    match api.pipeline.process(&body, &meta).await {
-        Ok(p) => {
-            tracing::debug!(event_id = %p.event_id, event_type = p.event_type, key_id = p.key_id.map(|k| k.get()), published = p.published, alerts = p.alerts, "event accepted over HTTP");
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({"eventId": p.event_id.as_str()})),
-            )
-                .into_response()
-        }
-        Err(Failure::Rejected(reason)) => error(StatusCode::BAD_REQUEST, reason.to_string()),
-        Err(Failure::Transient(reason)) => error(StatusCode::SERVICE_UNAVAILABLE, reason),
-        // Over HTTP the caller holds the event: it can send it again after the one it waits for.
-        Err(Failure::Deferred(reason)) => error(StatusCode::CONFLICT, reason.to_string()),
-    }
+    let p = api.pipeline.process(&body, &meta).await?;
+    tracing::debug!(event_id = %p.event_id, event_type = p.event_type, key_id = p.key_id.map(|k| k.get()), published = p.published, alerts = p.alerts, "event accepted over HTTP");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"eventId": p.event_id.as_str()})),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,32 +204,23 @@ async fn post_key(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Err(r) = authorize(&api, &headers, query.as_deref()) {
-        return *r;
-    }
-    let req: NewKey = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid key request: {e}")),
-    };
+) -> Result<Response, ApiError> {
+    authorize(&api, &headers, query.as_deref())?;
+    let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(e.to_string());
+    let req: NewKey = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid key request: {e}")))?;
     let id = match herald_domain::KeyRef::parse("id", &req.id) {
         Ok(herald_domain::KeyRef::Id(id)) => id,
-        _ => return error(StatusCode::BAD_REQUEST, "id must be a positive integer"),
+        _ => return Err(ApiError::BadRequest("id must be a positive integer".into())),
     };
-    let budget = match req
+    let budget = req
         .budget
         .as_ref()
         .map(|b| herald_domain::money::decimal_from_json("budget", b))
         .transpose()
-    {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
+        .map_err(|e| bad(&e))?;
     let (raw, hash) = match &req.key_hash {
-        Some(h) => match KeyHash::parse(h) {
-            Ok(h) => (None, h),
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        },
+        Some(h) => (None, KeyHash::parse(h).map_err(|e| bad(&e))?),
         None => {
             let raw = RawKey::generate();
             let hash = raw.hash();
@@ -229,26 +237,15 @@ async fn post_key(
         thresholds: req.alert_thresholds,
         expires_at: req.expires_at.as_deref(),
     };
-    let key = match spec.build() {
-        Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    match api.store.key_by_id(id).await {
-        Ok(Some(_)) => return error(StatusCode::CONFLICT, format!("key {id} exists")),
-        Ok(None) => {}
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    let key = spec.build().map_err(ApiError::BadRequest)?;
+    if api.store.key_by_id(id).await?.is_some() {
+        return Err(ApiError::Conflict(format!("key {id} exists")));
     }
-    match api.store.put_key(&key).await {
-        Ok(()) => {
-            tracing::info!(key_id = %id, "virtual key created");
-            let mut body =
-                json!({"id": id.get(), "name": key.name, "keyHash": key.key_hash.as_str()});
-            if let Some(raw) = raw {
-                body["key"] = json!(raw.expose());
-            }
-            (StatusCode::CREATED, Json(body)).into_response()
-        }
-        Err(StoreError::Conflict(e)) => error(StatusCode::CONFLICT, e),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    api.store.put_key(&key).await?;
+    tracing::info!(key_id = %id, "virtual key created");
+    let mut body = json!({"id": id.get(), "name": key.name, "keyHash": key.key_hash.as_str()});
+    if let Some(raw) = raw {
+        body["key"] = json!(raw.expose());
     }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }

@@ -11,5 +11,7 @@ pub mod configuration;
 pub mod http;
 pub mod keys;
 pub mod metrics;
+pub mod reference;
 pub mod startup;
 pub mod telemetry;
+pub mod values;

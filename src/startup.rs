@@ -1,13 +1,15 @@
 //! Builds each role from its settings and runs it until a shutdown signal.
-use crate::configuration::Settings;
+use crate::configuration::{Secret, Settings};
 use crate::http::{self, AdminApi, Readiness};
 use crate::metrics::Metrics;
-use herald_backplane::{MemoryBackplane, RedisBackplane, RedisConfig, SharedBackplane};
+use herald_backplane::{
+    BackplaneError, MemoryBackplane, RedisBackplane, RedisConfig, SharedBackplane,
+};
 use herald_domain::{KeyId, RawKey, VirtualKey};
 use herald_gateway::{Gateway, GatewayConfig};
 use herald_ingest::amqp::{self, AmqpConfig};
 use herald_ingest::{Pipeline, PipelineConfig};
-use herald_store::{MemoryStore, PostgresStore, SharedStore};
+use herald_store::{MemoryStore, PostgresStore, SharedStore, StoreError};
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -38,8 +40,12 @@ impl Role {
 pub enum StartupError {
     #[error("{0}")]
     Config(String),
-    #[error("{0}")]
-    Dependency(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backplane(#[from] BackplaneError),
+    #[error("migrations failed: {0}")]
+    Migrations(#[source] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -60,9 +66,7 @@ pub struct Application {
 
 pub fn store_for(role: Role, settings: &Settings) -> Result<SharedStore, StartupError> {
     match &settings.database_url {
-        Some(url) => Ok(Arc::new(
-            PostgresStore::connect(url, 16).map_err(|e| StartupError::Dependency(e.to_string()))?,
-        )),
+        Some(url) => Ok(Arc::new(PostgresStore::connect(url, 16)?)),
         None if role == Role::Standalone => Ok(Arc::new(MemoryStore::new())),
         None => Err(StartupError::Config(format!(
             "HERALD_DATABASE_URL: herald {} needs PostgreSQL, expected a postgres:// URL (only standalone runs without one)",
@@ -78,8 +82,7 @@ fn backplane_for(role: Role, settings: &Settings) -> Result<SharedBackplane, Sta
             cfg.prefix = settings.redis_prefix.clone();
             cfg.max_len = settings.history_maxlen;
             cfg.ttl = settings.history_ttl;
-            let bp: SharedBackplane = RedisBackplane::connect(cfg)
-                .map_err(|e| StartupError::Dependency(e.to_string()))?;
+            let bp: SharedBackplane = RedisBackplane::connect(cfg)?;
             Ok(bp)
         }
         None if role == Role::Standalone => {
@@ -95,8 +98,10 @@ fn backplane_for(role: Role, settings: &Settings) -> Result<SharedBackplane, Sta
 /// Every node of a deployment must derive the same secret, so it comes from configuration.
 fn token_secret(settings: &Settings) -> Vec<u8> {
     match (&settings.connection_secret, &settings.master_key) {
-        (Some(s), _) => s.as_bytes().to_vec(),
-        (None, Some(m)) => Sha256::digest(format!("herald connection token secret:{m}")).to_vec(),
+        (Some(s), _) => s.expose().as_bytes().to_vec(),
+        (None, Some(m)) => {
+            Sha256::digest(format!("herald connection token secret:{}", m.expose())).to_vec()
+        }
         (None, None) => {
             tracing::warn!(
                 "neither HERALD_CONNECTION_SECRET nor HERALD_MASTER_KEY is set: connection tokens are only valid on this node"
@@ -119,7 +124,7 @@ impl Application {
         {
             let applied = herald_store::migrate(url)
                 .await
-                .map_err(|e| StartupError::Dependency(format!("migrations failed: {e}")))?;
+                .map_err(StartupError::Migrations)?;
             tracing::info!(?applied, "migrations applied");
         }
         let store = store_for(role, &settings)?;
@@ -130,17 +135,14 @@ impl Application {
                 &RawKey::generate().expose()[RawKey::PREFIX.len()..]
             );
             banner.push(format!("master key: {generated}"));
-            settings.master_key = Some(generated);
+            settings.master_key = Some(Secret::new(generated));
         }
         if role == Role::Standalone && settings.database_url.is_none() {
             let raw = RawKey::generate();
             let id = KeyId::new(1).map_err(|e| StartupError::Config(e.to_string()))?;
             let mut demo = VirtualKey::new(id, raw.hash(), "demo");
             demo.budget = Some(Decimal::new(1000, 2));
-            store
-                .put_key(&demo)
-                .await
-                .map_err(|e| StartupError::Dependency(e.to_string()))?;
+            store.put_key(&demo).await?;
             banner.push(format!(
                 "demo virtual key (id 1, budget 10.00): {}",
                 raw.expose()
@@ -179,7 +181,7 @@ impl Application {
         let mut gateway = None;
         if role != Role::Consume {
             let config = GatewayConfig {
-                master_key: settings.master_key.clone(),
+                master_key: settings.master_key.as_ref().map(|k| k.expose().to_owned()),
                 token_secret: token_secret(&settings),
                 drain_window: settings.drain_window,
                 ..GatewayConfig::default()
@@ -187,7 +189,7 @@ impl Application {
             let g = Gateway::new(config, store.clone(), backplane.clone());
             router = router.merge(g.router());
             router = router.merge(http::admin_routes(AdminApi {
-                master_key: settings.master_key.clone(),
+                master_key: settings.master_key.as_ref().map(|k| k.expose().to_owned()),
                 pipeline,
                 store,
             }));

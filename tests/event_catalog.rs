@@ -1,28 +1,56 @@
 //! docs/events.md is executable: every ```json input block is processed by the real pipeline
 //! (in-memory store and backplane, key 42 with a 10.00 monthly budget), and the events it
 //! publishes must equal the ```json output <Name> blocks that follow it, in order. `cursor`
-//! is added per connection by the gateway and is not part of the documented objects.
+//! is added per connection by the gateway and is not part of the documented objects. The
+//! table before each input is executed too: each event reaches exactly the audiences listed
+//! (one mailbox per audience), and the hubs listed are exactly those the gateway's hub table
+//! lets the event through to (a client of the event's key, or the master key for admin hubs).
 //! `HERALD_PRINT_CATALOG=1` prints what the code produces, for writing the document.
 #![allow(clippy::unwrap_used)]
 
 use herald_backplane::{Backplane, Mailbox, MemoryBackplane, Received};
 use herald_domain::{Audience, KeyHash, KeyId, VirtualKey};
+use herald_gateway::auth::Principal;
+use herald_gateway::hubs;
 use herald_ingest::envelope::MessageMeta;
 use herald_ingest::{Pipeline, PipelineConfig};
 use herald_store::{MemoryStore, Store};
 use rust_decimal::Decimal;
 use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 struct Example {
     input: String,
     outputs: Vec<(String, String)>,
+    /// The table rows before the input: event name → (audiences, hubs).
+    routes: Vec<(String, Vec<String>, Vec<String>)>,
+}
+
+/// The backticked items of a table cell.
+fn ticked(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
 }
 
 fn examples(doc: &str) -> Vec<Example> {
     let mut out: Vec<Example> = Vec::new();
+    let mut routes = Vec::new();
     let mut lines = doc.lines();
     while let Some(line) = lines.next() {
+        if let Some(row) = line.strip_prefix("| `") {
+            let cells: Vec<&str> = row.split('|').collect();
+            assert!(
+                cells.len() >= 3,
+                "a table row has event, audiences, hubs: {line}"
+            );
+            let name = cells[0].trim().trim_end_matches('`').to_owned();
+            routes.push((name, ticked(cells[1]), ticked(cells[2])));
+            continue;
+        }
         let Some(info) = line.strip_prefix("```json ") else {
             continue;
         };
@@ -36,6 +64,7 @@ fn examples(doc: &str) -> Vec<Example> {
             (Some("input"), _) => out.push(Example {
                 input: body,
                 outputs: Vec::new(),
+                routes: std::mem::take(&mut routes),
             }),
             (Some("output"), Some(name)) => out
                 .last_mut()
@@ -46,6 +75,29 @@ fn examples(doc: &str) -> Vec<Example> {
         }
     }
     out
+}
+
+/// The hubs (`/hubs/{name}`) through which an event published to `audiences` reaches a client:
+/// a connection of key `key` on a virtual-key hub, the master key on an admin hub. Uses the
+/// gateway's hub table: who may connect, which audiences it listens to, what it forwards.
+fn hubs_receiving(name: &str, audiences: &BTreeSet<String>, key: i64) -> BTreeSet<String> {
+    let vk = VirtualKey::new(KeyId::new(key).unwrap(), KeyHash::of_raw("k"), "k");
+    let principals = [Principal::Key(Box::new(vk)), Principal::Master];
+    let event = herald_domain::Outbound::parse(name)
+        .unwrap_or_else(|| panic!("{name} is not an event of the vocabulary"));
+    hubs::HUBS
+        .iter()
+        .filter(|h| h.forwards(event))
+        .filter(|h| {
+            principals.iter().any(|p| {
+                h.admits(p)
+                    && h.audiences_for(p)
+                        .iter()
+                        .any(|a| audiences.contains(&a.to_string()))
+            })
+        })
+        .map(|h| format!("/hubs/{}", h.name))
+        .collect()
 }
 
 #[tokio::test]
@@ -72,6 +124,17 @@ async fn the_documented_examples_are_what_the_code_produces() {
     let backplane = Arc::new(MemoryBackplane::new(1000));
     let (mailbox, mut admin) = Mailbox::new(1 << 24);
     let _sub = backplane.subscribe(Audience::Admin, mailbox).await.unwrap();
+    // One mailbox per other audience the examples can reach.
+    let mut others = Vec::new();
+    for a in [
+        Audience::Key(KeyId::new(42).unwrap()),
+        Audience::Key(KeyId::new(43).unwrap()),
+        Audience::Global,
+    ] {
+        let (mailbox, rx) = Mailbox::new(1 << 24);
+        let sub = backplane.subscribe(a, mailbox).await.unwrap();
+        others.push((a, rx, sub));
+    }
     let pipeline = Pipeline::new(PipelineConfig::default(), store, backplane);
 
     for (i, ex) in examples.iter().enumerate() {
@@ -80,8 +143,22 @@ async fn the_documented_examples_are_what_the_code_produces() {
             .await
             .unwrap_or_else(|e| panic!("example {i} was refused: {e}\n{}", ex.input));
         let mut produced = Vec::new();
+        // eventId → the audiences it was published to.
+        let mut reached: HashMap<String, BTreeSet<String>> = HashMap::new();
         while let Some(Received::Delivery(d)) = admin.try_recv() {
             produced.push((d.event.name.name(), d.event.payload.get().to_string()));
+            reached
+                .entry(d.event.event_id.to_string())
+                .or_default()
+                .insert(d.audience.to_string());
+        }
+        for (_, rx, _) in &mut others {
+            while let Some(Received::Delivery(d)) = rx.try_recv() {
+                reached
+                    .entry(d.event.event_id.to_string())
+                    .or_default()
+                    .insert(d.audience.to_string());
+            }
         }
         if print {
             for (name, payload) in &produced {
@@ -105,6 +182,25 @@ async fn the_documented_examples_are_what_the_code_produces() {
                 panic!("example {i} {name}: the documented JSON is invalid: {e}")
             });
             assert_eq!(got, doc, "example {i}: {name} differs from docs/events.md");
+        }
+        // The table: audiences and hubs of each event.
+        let table: Vec<&str> = ex.routes.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            table, want,
+            "example {i}: the table names the events published"
+        );
+        for ((name, payload), (_, audiences, hubs)) in produced.iter().zip(&ex.routes) {
+            let event: Value = serde_json::from_str(payload).unwrap();
+            let id = event["eventId"].as_str().unwrap();
+            let got: BTreeSet<String> = reached.remove(id).unwrap_or_default();
+            let doc: BTreeSet<String> = audiences.iter().cloned().collect();
+            assert_eq!(got, doc, "example {i}: audiences of {name} {id}");
+            let key = got
+                .iter()
+                .find_map(|a| a.strip_prefix("vkey:")?.parse().ok());
+            let got = hubs_receiving(name, &doc, key.unwrap_or(42));
+            let doc: BTreeSet<String> = hubs.iter().cloned().collect();
+            assert_eq!(got, doc, "example {i}: hubs of {name} {id}");
         }
     }
 }

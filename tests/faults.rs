@@ -1,4 +1,4 @@
-//! Issue 4, consumer faults (DESIGN §7 invariant 1): while Redis or PostgreSQL is down, `herald
+//! Issue 4, consumer faults (docs/reliability.md, invariant 1): while Redis or PostgreSQL is down, `herald
 //! consume` takes no message off the queue for good — nothing is acked or dead-lettered before it
 //! is durable — and it resumes by itself when the dependency returns; every event then reaches
 //! the client exactly once and every alert fires once. Real processes, a private redis-server
@@ -35,23 +35,33 @@ async fn ready(queue: &str) -> u32 {
     q.message_count()
 }
 
-/// Counts invocations by (target, eventId) until `want` distinct events arrived, then watches a
-/// little longer for duplicates.
-async fn collect(client: &mut SignalR, want: usize) -> HashMap<(String, String), usize> {
+/// Counts invocations by (target, eventId) until `want` distinct events arrived; then publishes
+/// `marker` (a SpendUpdated of the same key that crosses nothing) and counts on until it
+/// arrives: a duplicate of anything before it would come first (the key's stream order), so no
+/// fixed window is needed. The marker is not in the result.
+async fn collect(
+    client: &mut SignalR,
+    want: usize,
+    exchange: &str,
+    marker: &str,
+) -> HashMap<(String, String), usize> {
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
-    while seen.len() < want {
+    let mut marked = false;
+    loop {
+        if seen.len() >= want && !marked {
+            publish_mt(exchange, marker, &[]).await;
+            marked = true;
+        }
         let (name, args) = client
             .next_invocation(WAIT)
             .await
-            .unwrap_or_else(|| panic!("only {seen:?} arrived"));
+            .unwrap_or_else(|| panic!("only {seen:?} arrived (marker sent: {marked})"));
         let id = args["eventId"].as_str().unwrap_or_default().to_owned();
+        if id == "marker" {
+            return seen;
+        }
         *seen.entry((name, id)).or_default() += 1;
     }
-    while let Some((name, args)) = client.next_invocation(Duration::from_millis(1500)).await {
-        let id = args["eventId"].as_str().unwrap_or_default().to_owned();
-        *seen.entry((name, id)).or_default() += 1;
-    }
-    seen
 }
 
 /// Waits (bounded) until the consumer has retried a held message at least twice.
@@ -145,7 +155,8 @@ async fn the_consumer_holds_messages_while_redis_is_down_and_delivers_each_once_
     );
 
     let _redis = PrivateRedis::start_on(port, dir);
-    let seen = collect(&mut client, 3).await;
+    let marker = masstransit_spend("marker", 21, "0", "7");
+    let seen = collect(&mut client, 3, &exchange, &marker).await;
     assert_eq!(
         seen,
         HashMap::from([
@@ -229,7 +240,8 @@ async fn the_consumer_holds_messages_while_postgres_is_unreachable_and_resumes_b
     );
 
     proxy.restore();
-    let seen = collect(&mut client, 4).await;
+    let marker = masstransit_spend("marker", 22, "0", "9");
+    let seen = collect(&mut client, 4, &exchange, &marker).await;
     let count = |name: &str| {
         seen.iter()
             .filter(|((n, _), _)| n == name)

@@ -6,6 +6,7 @@ use crate::error::Error;
 use crate::http::{Http, authority, json_string_field};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use herald_signalr_client::codec;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -141,8 +142,6 @@ pub struct ConnSpec {
     pub source: Option<IpAddr>,
 }
 
-const RS: char = '\u{1e}';
-
 /// Runs one connection until the run stops (reconnecting if asked to).
 pub async fn run_connection(spec: ConnSpec, shared: Arc<Shared>) {
     let mut attempt = 0u32;
@@ -265,16 +264,9 @@ async fn connect(
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
     let rest = match protocol {
         Protocol::SignalR => {
-            ws.send(Message::text("{\"protocol\":\"json\",\"version\":1}\u{1e}"))
-                .await?;
+            ws.send(Message::text(codec::HANDSHAKE_JSON)).await?;
             let first = next_text(&mut ws).await?;
-            let (hs, rest) = first
-                .split_once(RS)
-                .ok_or("handshake answer without separator")?;
-            if hs.trim() != "{}" {
-                return Err(format!("handshake refused: {hs}").into());
-            }
-            rest.to_owned()
+            codec::split_handshake(&first)?.to_owned()
         }
         Protocol::SocketIo => {
             let open = next_text(&mut ws).await?;
@@ -332,7 +324,7 @@ async fn session(mut ws: Ws, rest: String, spec: &ConnSpec, shared: &Shared) -> 
                 _ => {}
             },
             _ = ping.tick(), if shared.protocol == Protocol::SignalR => {
-                ws.send(Message::text("{\"type\":6}\u{1e}")).await?;
+                ws.send(Message::text(codec::PING)).await?;
             }
         }
     }
@@ -340,8 +332,8 @@ async fn session(mut ws: Ws, rest: String, spec: &ConnSpec, shared: &Shared) -> 
 
 /// Handles the SignalR records of one frame; `Err` when the server sent Close.
 fn records(frame: &str, spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
-    for rec in frame.split(RS) {
-        if rec.is_empty() || rec.starts_with("{\"type\":6") {
+    for rec in codec::records(frame) {
+        if rec.starts_with("{\"type\":6") {
             continue;
         }
         if rec.starts_with("{\"type\":7") {

@@ -21,11 +21,11 @@
 //! with CROSSSLOT once a node holds channels of several slots, so it is not used.)
 use crate::contract::{BackplaneError, unavailable};
 use crate::entries::decode;
-use crate::keys::Names;
+use crate::keys::RedisKeys;
 use crate::position::Position;
 use crate::router::Router;
-use crate::streams::{Seen, Streams, dispatch, fill_gaps};
-use crate::subscriber::Command;
+use crate::streams::{LastPositions, Streams, dispatch, fill_gaps};
+use crate::subscriber::SubscriberCommand;
 use herald_domain::Audience;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClientBuilder;
@@ -134,7 +134,7 @@ impl ClusterTarget {
 /// subscribed channel, SSUBSCRIBE/SUNSUBSCRIBE of one channel per command.
 pub(crate) struct ClusterSubscriber {
     target: ClusterTarget,
-    names: Arc<Names>,
+    names: Arc<RedisKeys>,
     router: Arc<Router>,
     probe: Duration,
     weak: Weak<dyn Streams>,
@@ -292,16 +292,16 @@ struct State {
     /// Audiences whose gap fill failed; retried on every probe tick.
     unfilled: HashSet<Audience>,
     /// Per audience: the last position handed on.
-    seen: Seen,
+    seen: LastPositions,
     /// Per audience: the stream's newest position when the node subscribed; gap filling
     /// starts there for an audience that has delivered nothing yet.
-    floors: Seen,
+    floors: LastPositions,
 }
 
 impl ClusterSubscriber {
     pub(crate) fn new(
         target: ClusterTarget,
-        names: Arc<Names>,
+        names: Arc<RedisKeys>,
         router: Arc<Router>,
         probe: Duration,
         weak: Weak<dyn Streams>,
@@ -315,7 +315,7 @@ impl ClusterSubscriber {
         }
     }
 
-    pub(crate) async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    pub(crate) async fn run(self, mut commands: mpsc::UnboundedReceiver<SubscriberCommand>) {
         let (push_tx, mut pushes) = mpsc::unbounded_channel();
         let (done_tx, mut done) = mpsc::unbounded_channel();
         let pool = Arc::new(Pool {
@@ -334,7 +334,7 @@ impl ClusterSubscriber {
                 Some(d) = done.recv() => self.on_done(d, &pool, &done_tx, &mut st).await,
                 cmd = commands.recv() => match cmd {
                     None => return,
-                    Some(Command::Subscribe(a, ack)) => {
+                    Some(SubscriberCommand::Subscribe(a, ack)) => {
                         if st.subscribed.contains_key(&a) {
                             let _ = ack.send(Ok(()));
                         } else {
@@ -342,7 +342,7 @@ impl ClusterSubscriber {
                             self.ssubscribe(a, &pool, &done_tx, &mut st);
                         }
                     }
-                    Some(Command::Vacated(a)) => self.vacate(a, &pool, &mut st),
+                    Some(SubscriberCommand::Vacated(a)) => self.vacate(a, &pool, &mut st),
                 },
                 _ = probe.tick() => {
                     self.probe_shards(&pool, &mut st).await;
@@ -443,7 +443,7 @@ impl ClusterSubscriber {
             Err(e) => {
                 tracing::debug!(%a, error = %e, "ssubscribe failed");
                 for ack in acks {
-                    let _ = ack.send(Err(unavailable(&e)));
+                    let _ = ack.send(Err(unavailable(e.to_string())));
                 }
                 if again {
                     self.ssubscribe(a, pool, done, st);
@@ -691,7 +691,7 @@ pub(crate) fn key_slot(key: &[u8]) -> u16 {
 }
 
 /// The audience of one of this backplane's channels (`{prefix}:{audience}:live`).
-fn parse_audience(names: &Names, channel: &str) -> Option<Audience> {
+fn parse_audience(names: &RedisKeys, channel: &str) -> Option<Audience> {
     let inner = channel
         .strip_prefix(names.prefix.as_str())?
         .strip_prefix(":{")?
@@ -731,9 +731,11 @@ mod tests {
         assert_eq!(key_slot(b"123456789"), 0x31C3);
         assert_eq!(key_slot(b"foo"), 12182);
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        // An empty tag does not count: the whole key is hashed (CLUSTER KEYSLOT says 8363).
+        assert_eq!(key_slot(b"foo{}{bar}"), 8363);
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
         assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
-        let names = Names {
+        let names = RedisKeys {
             prefix: "herald".into(),
         };
         let a = Audience::Key(herald_domain::KeyId::new(42).unwrap());

@@ -3,7 +3,7 @@
 use crate::cluster::ClusterTarget;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, RedisFuture, Value};
 use std::sync::Arc;
 
 /// Where the backplane's Redis is: one server, or a cluster.
@@ -30,7 +30,7 @@ impl ConnectionLike for Conn {
 
     fn req_packed_commands<'a>(
         &'a mut self,
-        cmd: &'a Pipeline,
+        cmd: &'a redis::Pipeline,
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
@@ -85,7 +85,7 @@ impl ConnectionLike for Checked {
 
     fn req_packed_commands<'a>(
         &'a mut self,
-        cmd: &'a Pipeline,
+        cmd: &'a redis::Pipeline,
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {

@@ -5,14 +5,14 @@ use crate::position::Position;
 use crate::router::Subscription;
 use async_trait::async_trait;
 use herald_domain::task::TaskState;
-use herald_domain::{Audience, OutboundEvent};
+use herald_domain::{Audience, Cause, OutboundEvent};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackplaneError {
     /// Redis cannot be reached or failed; the caller retries later.
     #[error("backplane unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
 }
 
 /// Events read back from an audience's history.
@@ -75,7 +75,9 @@ pub const TASK_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 36
 
 pub type SharedBackplane = Arc<dyn Backplane>;
 
-/// A backplane error from any failure of the underlying store.
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> BackplaneError {
-    BackplaneError::Unavailable(e.to_string())
+/// The backplane could not do it: `e` (an error, kept as the source, or a message) says why.
+pub(crate) fn unavailable(
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> BackplaneError {
+    BackplaneError::Unavailable(Cause::new(e))
 }

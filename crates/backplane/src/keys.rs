@@ -1,11 +1,11 @@
 //! The Redis key and channel names of each audience, hash-tagged so one script touches one slot.
 use herald_domain::Audience;
 
-pub(crate) struct Names {
+pub(crate) struct RedisKeys {
     pub(crate) prefix: String,
 }
 
-impl Names {
+impl RedisKeys {
     pub(crate) fn stream(&self, a: Audience) -> String {
         format!("{}:{{{a}}}:stream", self.prefix)
     }
@@ -30,7 +30,7 @@ mod tests {
 
     #[test]
     fn names_are_hash_tagged_per_audience() {
-        let n = Names {
+        let n = RedisKeys {
             prefix: "herald".into(),
         };
         let a = Audience::Key(herald_domain::KeyId::new(42).unwrap());

@@ -15,13 +15,13 @@ use crate::cluster::{ClusterSubscriber, ClusterTarget};
 use crate::connection::{Checked, Conn, Target};
 use crate::contract::{Backplane, BackplaneError, History, unavailable};
 use crate::entries::parse_entry;
-use crate::keys::Names;
+use crate::keys::RedisKeys;
 use crate::mailbox::Mailbox;
 use crate::position::Position;
 use crate::router::{Router, Subscription};
 use crate::script::{PUBLISH_SCRIPT, TASK_SCRIPT, cluster_publish_script};
 use crate::streams::Streams;
-use crate::subscriber::{Command, Subscriber};
+use crate::subscriber::{Subscriber, SubscriberCommand};
 use async_trait::async_trait;
 use herald_domain::task::TaskState;
 use herald_domain::{Audience, OutboundEvent};
@@ -88,7 +88,7 @@ type PublishBatcher = herald_coalesce::Coalescer<Vec<Entry>, (), BackplaneError>
 pub struct RedisBackplane {
     target: Target,
     config: RedisConfig,
-    names: Arc<Names>,
+    names: Arc<RedisKeys>,
     script: Script,
     task_script: Script,
     /// Single server: concurrent publishes share batched script calls. A cluster spreads an
@@ -96,7 +96,27 @@ pub struct RedisBackplane {
     batcher: Option<PublishBatcher>,
     conn: Mutex<Option<Checked>>,
     router: Arc<Router>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::UnboundedSender<SubscriberCommand>,
+}
+
+impl RedisConfig {
+    /// Checks a URL exactly as [`RedisBackplane::connect`] reads it, without connecting, so a
+    /// bad one can stop start-up instead of being retried (docs/configuration.md).
+    pub fn check_url(url: &str) -> Result<(), BackplaneError> {
+        Target::parse(url).map(|_| ())
+    }
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, BackplaneError> {
+        Ok(match ClusterTarget::parse(url)? {
+            Some(cluster) => Self::Cluster(cluster),
+            None => Self::Single(
+                redis::Client::open(url)
+                    .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?,
+            ),
+        })
+    }
 }
 
 impl RedisBackplane {
@@ -104,14 +124,8 @@ impl RedisBackplane {
     /// re-made after failures, so this succeeds while Redis is down. A `redis+cluster://` URL
     /// or a comma-separated list of node URLs selects Redis Cluster.
     pub fn connect(config: RedisConfig) -> Result<Arc<Self>, BackplaneError> {
-        let target = match ClusterTarget::parse(&config.url)? {
-            Some(cluster) => Target::Cluster(cluster),
-            None => Target::Single(
-                redis::Client::open(config.url.as_str())
-                    .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?,
-            ),
-        };
-        let names = Arc::new(Names {
+        let target = Target::parse(&config.url)?;
+        let names = Arc::new(RedisKeys {
             prefix: config.prefix.clone(),
         });
         let router = Router::new();
@@ -121,7 +135,7 @@ impl RedisBackplane {
         let fwd = tx.clone();
         tokio::spawn(async move {
             while let Some(a) = vac_rx.recv().await {
-                if fwd.send(Command::Vacated(a)).is_err() {
+                if fwd.send(SubscriberCommand::Vacated(a)).is_err() {
                     break;
                 }
             }
@@ -370,7 +384,7 @@ impl Backplane for RedisBackplane {
         let sub = self.router.add(audience, mailbox);
         let (tx, rx) = oneshot::channel();
         self.commands
-            .send(Command::Subscribe(audience, tx))
+            .send(SubscriberCommand::Subscribe(audience, tx))
             .map_err(|_| unavailable("subscriber stopped"))?;
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
             Ok(Ok(Ok(()))) => Ok(sub),

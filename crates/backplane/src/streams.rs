@@ -28,10 +28,10 @@ pub(crate) trait Streams: Send + Sync {
 }
 
 /// Per audience: the last position handed to local listeners.
-pub(crate) type Seen = HashMap<Audience, Position>;
+pub(crate) type LastPositions = HashMap<Audience, Position>;
 
 /// Hands a live or replayed delivery on, once, in stream order.
-pub(crate) fn dispatch(router: &Router, d: Delivery, seen: &mut Seen) {
+pub(crate) fn dispatch(router: &Router, d: Delivery, seen: &mut LastPositions) {
     if seen.get(&d.audience).is_some_and(|p| d.position <= *p) {
         return;
     }
@@ -45,8 +45,8 @@ pub(crate) async fn fill_gaps(
     weak: &Weak<dyn Streams>,
     router: &Router,
     audiences: &[Audience],
-    seen: &mut Seen,
-    floors: &Seen,
+    seen: &mut LastPositions,
+    floors: &LastPositions,
 ) -> Result<(), BackplaneError> {
     let Some(bp) = weak.upgrade() else {
         return Ok(());

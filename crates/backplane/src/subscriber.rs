@@ -4,9 +4,9 @@
 use crate::contract::{BackplaneError, unavailable};
 use crate::delivery::Delivery;
 use crate::entries::decode;
-use crate::keys::Names;
+use crate::keys::RedisKeys;
 use crate::router::Router;
-use crate::streams::{Seen, Streams, dispatch, fill_gaps};
+use crate::streams::{LastPositions, Streams, dispatch, fill_gaps};
 use futures_util::StreamExt;
 use herald_domain::Audience;
 use redis::Value;
@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) enum Command {
+pub(crate) enum SubscriberCommand {
     Subscribe(Audience, oneshot::Sender<Result<(), BackplaneError>>),
     Vacated(Audience),
 }
@@ -24,18 +24,18 @@ pub(crate) enum Command {
 /// Owns the node's subscriber connection.
 pub(crate) struct Subscriber {
     pub(crate) client: redis::Client,
-    pub(crate) names: Arc<Names>,
+    pub(crate) names: Arc<RedisKeys>,
     pub(crate) router: Arc<Router>,
     pub(crate) probe: Duration,
     pub(crate) weak: Weak<dyn Streams>,
 }
 
 impl Subscriber {
-    pub(crate) async fn run(self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut seen: Seen = HashMap::new();
+    pub(crate) async fn run(self, mut commands: mpsc::UnboundedReceiver<SubscriberCommand>) {
+        let mut seen: LastPositions = HashMap::new();
         // Per audience: the stream's newest position when the node subscribed. Gap filling
         // starts there for audiences that have delivered nothing yet.
-        let mut floors: Seen = HashMap::new();
+        let mut floors: LastPositions = HashMap::new();
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
         loop {
@@ -57,8 +57,8 @@ impl Subscriber {
                             _ = &mut deadline => break,
                             cmd = commands.recv() => match cmd {
                                 None => return,
-                                Some(Command::Subscribe(_, ack)) => { let _ = ack.send(Err(unavailable(&err))); }
-                                Some(Command::Vacated(a)) => { seen.remove(&a); }
+                                Some(SubscriberCommand::Subscribe(_, ack)) => { let _ = ack.send(Err(unavailable(err.to_string()))); }
+                                Some(SubscriberCommand::Vacated(a)) => { seen.remove(&a); }
                             }
                         }
                     }
@@ -126,7 +126,7 @@ impl Subscriber {
                     }
                     cmd = commands.recv() => match cmd {
                         None => return,
-                        Some(Command::Subscribe(a, ack)) => {
+                        Some(SubscriberCommand::Subscribe(a, ack)) => {
                             let ch = self.names.channel(a);
                             if channels.contains_key(&ch) {
                                 let _ = ack.send(Ok(()));
@@ -142,10 +142,10 @@ impl Subscriber {
                                     }
                                     let _ = ack.send(Ok(()));
                                 }
-                                Err(e) => { let _ = ack.send(Err(unavailable(&e))); break; }
+                                Err(e) => { let _ = ack.send(Err(unavailable(e.to_string()))); break; }
                             }
                         }
-                        Some(Command::Vacated(a)) => {
+                        Some(SubscriberCommand::Vacated(a)) => {
                             if self.router.has_listeners(&a) { continue; }
                             seen.remove(&a);
                             floors.remove(&a);
@@ -167,15 +167,15 @@ impl Subscriber {
         }
     }
 
-    fn dispatch(&self, d: Delivery, seen: &mut Seen) {
+    fn dispatch(&self, d: Delivery, seen: &mut LastPositions) {
         dispatch(&self.router, d, seen);
     }
 
     async fn fill_gaps(
         &self,
         audiences: &[Audience],
-        seen: &mut Seen,
-        floors: &Seen,
+        seen: &mut LastPositions,
+        floors: &LastPositions,
     ) -> Result<(), BackplaneError> {
         fill_gaps(&self.weak, &self.router, audiences, seen, floors).await
     }

@@ -47,6 +47,79 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// A Redis user of its own for one node under test, so the test can cut exactly that node off:
+/// `cut` disables the user and kills its connections, so the node can neither keep nor make a
+/// connection (a reconnect fails authentication) until `restore`. Other tests' connections are
+/// untouched. The user is deleted when dropped.
+struct CutOff {
+    user: String,
+    admin: redis::aio::MultiplexedConnection,
+}
+
+impl CutOff {
+    async fn new() -> Self {
+        let user = format!("herald-test-{:012x}", rand::random::<u64>() >> 16);
+        let mut admin = redis().await;
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&user)
+            .arg("on")
+            .arg(">pw")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        CutOff { user, admin }
+    }
+
+    /// `cfg` connecting as this user.
+    fn config(&self, mut cfg: RedisConfig) -> RedisConfig {
+        cfg.url = format!("redis://{}:pw@127.0.0.1:6379/", self.user);
+        cfg
+    }
+
+    async fn cut(&mut self) {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&self.user)
+            .arg("off")
+            .query_async(&mut self.admin)
+            .await
+            .unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg(&self.user)
+            .query_async(&mut self.admin)
+            .await
+            .unwrap();
+        assert!(killed >= 1, "the node had no connection to cut");
+    }
+
+    async fn restore(&mut self) {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&self.user)
+            .arg("on")
+            .query_async(&mut self.admin)
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for CutOff {
+    fn drop(&mut self) {
+        if let Ok(mut c) = redis::Client::open(URL).and_then(|c| c.get_connection()) {
+            let _: Result<(), _> = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.user)
+                .query(&mut c);
+        }
+    }
+}
+
 async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
     let v: (String, i64) = redis::cmd("PUBSUB")
         .arg("NUMSUB")
@@ -341,29 +414,26 @@ async fn reports_a_gap_when_the_cursor_is_older_than_the_stream() {
 #[tokio::test]
 async fn a_dropped_subscriber_connection_reconnects_and_fills_the_gap() {
     let cfg = config(1000);
-    let bp = RedisBackplane::connect(cfg.clone()).unwrap();
+    let mut cutoff = CutOff::new().await;
+    let bp = RedisBackplane::connect(cutoff.config(cfg.clone())).unwrap();
     let publisher = RedisBackplane::connect(cfg.clone()).unwrap();
     let key = Audience::Key(KeyId::new(11).unwrap());
     let (mb, mut rx) = Mailbox::new(1 << 20);
     let _sub = bp.subscribe(key, mb).await.unwrap();
     publisher.publish(&[key], &event("before")).await.unwrap();
     assert_eq!(next(&mut rx).await, "before");
-    // Cut every pub/sub connection (other tests' subscribers recover the same way).
-    let mut c = redis().await;
-    let _: Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    // Published while the node is disconnected: only the gap fill can deliver these.
+    // Cut the node off (only its own connections) and keep it off while publishing.
+    cutoff.cut().await;
     for i in 0..20 {
         publisher
             .publish(&[key], &event(&format!("during-{i}")))
             .await
             .unwrap();
     }
+    // Nobody was subscribed while these were published: only the gap fill can deliver them.
+    let channel = format!("{}:{{{key}}}:live", cfg.prefix);
+    assert_eq!(numsub(&mut redis().await, &channel).await, 0);
+    cutoff.restore().await;
     let mut got = Vec::new();
     for _ in 0..20 {
         got.push(next(&mut rx).await);
@@ -386,8 +456,6 @@ async fn unreachable_redis_is_an_error_not_a_hang() {
     assert!(bp.subscribe(Audience::Global, mb).await.is_err());
     assert!(RedisBackplane::connect(RedisConfig::new("not a url")).is_err());
 }
-
-use redis::Value;
 
 #[tokio::test]
 async fn the_task_registry_keeps_owner_and_a_terminal_state() {
@@ -435,27 +503,26 @@ async fn the_task_registry_keeps_owner_and_a_terminal_state() {
 async fn a_listener_that_has_received_nothing_yet_still_gets_what_was_published_while_disconnected()
 {
     let cfg = config(1000);
-    let bp = RedisBackplane::connect(cfg.clone()).unwrap();
+    let mut cutoff = CutOff::new().await;
+    let bp = RedisBackplane::connect(cutoff.config(cfg.clone())).unwrap();
     let publisher = RedisBackplane::connect(cfg.clone()).unwrap();
     let key = Audience::Key(KeyId::new(12).unwrap());
     // History from before the subscription must not be replayed to it.
     publisher.publish(&[key], &event("old")).await.unwrap();
     let (mb, mut rx) = Mailbox::new(1 << 20);
     let _sub = bp.subscribe(key, mb).await.unwrap();
-    let mut c = redis().await;
-    let _: Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    cutoff.cut().await;
     for i in 0..5 {
         publisher
             .publish(&[key], &event(&format!("while-down-{i}")))
             .await
             .unwrap();
     }
+    // Published with nobody subscribed: only the gap fill, from the floor taken at subscribe
+    // time, can deliver these.
+    let channel = format!("{}:{{{key}}}:live", cfg.prefix);
+    assert_eq!(numsub(&mut redis().await, &channel).await, 0);
+    cutoff.restore().await;
     for i in 0..5 {
         assert_eq!(next(&mut rx).await, format!("while-down-{i}"));
     }

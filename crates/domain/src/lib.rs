@@ -8,6 +8,7 @@
 
 pub mod audience;
 pub mod budget;
+pub mod cause;
 pub mod fields;
 pub mod ids;
 pub mod inbound;
@@ -22,6 +23,7 @@ pub mod thresholds;
 pub mod vocabulary;
 
 pub use audience::Audience;
+pub use cause::Cause;
 pub use ids::{EventId, KeyId};
 pub use inbound::{InboundEvent, InboundKind, SpendUpdated};
 pub use invalid::Invalid;

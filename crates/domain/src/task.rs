@@ -129,8 +129,14 @@ impl TaskState {
             task_id: event.task_id.clone(),
             task_type: event.task_type.clone(),
             status: event.phase.status(),
-            // Progress never goes backwards within a task.
-            progress: event.progress.or(previous.map(|p| p.progress)).unwrap_or(0),
+            // Progress never goes backwards within a task (docs/events.md): a lower value than
+            // the task's known progress keeps the known one.
+            progress: event
+                .progress
+                .into_iter()
+                .chain(previous.map(|p| p.progress))
+                .max()
+                .unwrap_or(0),
             message: event
                 .message
                 .clone()

@@ -236,24 +236,24 @@ pub enum Reach {
 
 impl Reach {
     /// The audiences for an event of key `owner` (`None` for a global event).
-    pub fn audiences(self, owner: Option<KeyId>) -> Audiences {
+    pub fn audiences(self, owner: Option<KeyId>) -> AudienceSet {
         match (self, owner) {
-            (Self::OwnerAndAdmin, Some(k)) => Audiences::two(Audience::Key(k), Audience::Admin),
+            (Self::OwnerAndAdmin, Some(k)) => AudienceSet::two(Audience::Key(k), Audience::Admin),
             // An owned event without an owner cannot exist past the pipeline; admins still hear.
-            (Self::OwnerAndAdmin, None) | (Self::AdminOnly, _) => Audiences::one(Audience::Admin),
-            (Self::GlobalAndAdmin, _) => Audiences::two(Audience::Global, Audience::Admin),
+            (Self::OwnerAndAdmin, None) | (Self::AdminOnly, _) => AudienceSet::one(Audience::Admin),
+            (Self::GlobalAndAdmin, _) => AudienceSet::two(Audience::Global, Audience::Admin),
         }
     }
 }
 
 /// At most two audiences, without an allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Audiences {
+pub struct AudienceSet {
     list: [Audience; 2],
     len: usize,
 }
 
-impl Audiences {
+impl AudienceSet {
     fn one(a: Audience) -> Self {
         Self {
             list: [a, a],

@@ -1,23 +1,19 @@
 //! End-to-end: a real axum server on 127.0.0.1:0 with MemoryStore + MemoryBackplane, and a
-//! tokio-tungstenite client speaking raw SignalR JSON.
+//! SignalR JSON client (`herald-signalr-client`) that sends raw records where a test needs to.
 #![allow(clippy::unwrap_used)]
-use futures_util::{SinkExt, StreamExt};
 use herald_backplane::{Backplane, MemoryBackplane};
 use herald_domain::{Audience, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use herald_gateway::cursor::Cursor;
 use herald_gateway::token::{self, ConnectionToken};
 use herald_gateway::{Gateway, GatewayConfig};
+use herald_signalr_client::ConnectError;
 use herald_store::{MemoryStore, Store};
 use serde_json::Value;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const SECRET: &[u8] = b"test-secret-shared-by-nodes";
 const KEY_A: &str = "condt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
@@ -136,12 +132,9 @@ async fn negotiate(addr: SocketAddr, hub: &str, headers: &[(&str, &str)]) -> (u1
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    records: VecDeque<String>,
-    /// Records per text frame received.
-    frames: Vec<usize>,
-}
+/// The shared test client (`herald-signalr-client`), with this file's conventions: every wait
+/// is `WAIT`, and a wait that runs out fails the test.
+struct Client(herald_signalr_client::Client);
 
 /// Connects to `ws://addr{path}`; `Err(status)` when refused before the upgrade.
 async fn try_connect(
@@ -149,21 +142,10 @@ async fn try_connect(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Client, u16> {
-    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(Client {
-            ws,
-            records: VecDeque::new(),
-            frames: Vec::new(),
-        }),
-        Err(tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("connect failed: {e}"),
+    match herald_signalr_client::Client::open(&format!("ws://{addr}{path}"), headers).await {
+        Ok(c) => Ok(Client(c)),
+        Err(ConnectError::Refused(status)) => Err(status),
+        Err(ConnectError::Other(e)) => panic!("connect failed: {e}"),
     }
 }
 
@@ -175,40 +157,19 @@ async fn connect(addr: SocketAddr, path: &str) -> Client {
 
 impl Client {
     async fn send(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.unwrap();
+        self.0.send(text).await.unwrap();
     }
 
     async fn handshake(&mut self) {
-        self.send("{\"protocol\":\"json\",\"version\":1}\u{1e}")
-            .await;
-        assert_eq!(self.next().await.as_deref(), Some("{}"));
+        self.0.handshake(WAIT).await.unwrap();
     }
 
     /// The next record, `None` once the connection is closed.
     async fn next(&mut self) -> Option<String> {
-        loop {
-            if let Some(r) = self.records.pop_front() {
-                return Some(r);
-            }
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("no record within 5 s");
-            match msg {
-                Some(Ok(Message::Text(t))) => {
-                    let t = t.as_str();
-                    assert!(
-                        t.ends_with('\u{1e}'),
-                        "frame must end with a record separator: {t:?}"
-                    );
-                    let recs: Vec<String> =
-                        t.split_terminator('\u{1e}').map(str::to_owned).collect();
-                    self.frames.push(recs.len());
-                    self.records.extend(recs);
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => {}
-            }
-        }
+        self.0
+            .next_record(WAIT)
+            .await
+            .expect("no record within 5 s")
     }
 
     async fn next_json(&mut self) -> Value {
@@ -230,6 +191,11 @@ impl Client {
     /// Asserts the server closes: an optional Close record, then the socket ends.
     async fn expect_closed(&mut self) {
         while self.next().await.is_some() {}
+    }
+
+    /// Records per text frame received so far.
+    fn frames(&self) -> &[usize] {
+        self.0.frames()
     }
 }
 
@@ -524,9 +490,9 @@ async fn queued_events_go_out_several_records_per_frame() {
     let want: Vec<String> = (0..50).map(|i| format!("e-{i:02}")).collect();
     assert_eq!(event_ids(&got), want);
     assert!(
-        c.frames.iter().any(|&n| n > 1),
+        c.frames().iter().any(|&n| n > 1),
         "records per frame: {:?}",
-        c.frames
+        c.frames()
     );
     // Each record's cursor advances.
     let cursors: Vec<&str> = got
@@ -588,7 +554,7 @@ async fn oversize_messages_get_a_close_with_an_error() {
             "{{\"type\":1,\"invocationId\":\"1\",\"target\":\"Resume\",\"arguments\":[\"{}\"]}}\u{1e}",
             "x".repeat(size)
         );
-        let _ = c.ws.send(Message::text(big)).await;
+        let _ = c.0.send(&big).await;
         let v = c
             .next_non_ping()
             .await

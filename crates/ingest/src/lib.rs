@@ -9,4 +9,4 @@ pub mod envelope;
 pub mod pipeline;
 
 pub use envelope::{EnvelopeKind, MessageMeta};
-pub use pipeline::{Failure, Pipeline, PipelineConfig, Processed};
+pub use pipeline::{Failure, Outage, Pipeline, PipelineConfig, Processed};

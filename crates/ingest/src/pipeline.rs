@@ -40,24 +40,33 @@ pub struct PipelineConfig {
 }
 
 /// Why a message was not processed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Failure {
     /// The message is bad and always will be: dead-letter it (HTTP: 400).
     #[error("rejected: {0}")]
     Rejected(Invalid),
     /// A dependency is down: keep the message and retry (HTTP: 503).
     #[error("dependency unavailable: {0}")]
-    Transient(String),
+    Transient(#[source] Outage),
     /// Not processable yet, e.g. a task event that arrives before the event naming its key:
     /// retry it later, a bounded number of times, then dead-letter it with this reason.
     #[error("deferred: {0}")]
     Deferred(Invalid),
 }
 
+/// The dependency that is down, with its error.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Outage {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Backplane(BackplaneError),
+}
+
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => Self::Transient(format!("store: {m}")),
+            e @ StoreError::Unavailable(_) => Self::Transient(Outage::Store(e)),
             // Retrying cannot resolve a contradiction in the data; dead-lettering keeps the
             // message for an operator instead of stalling the queue behind it.
             StoreError::Conflict(m) => Self::Rejected(Invalid::new(format!("conflict: {m}"))),
@@ -67,9 +76,7 @@ impl From<StoreError> for Failure {
 
 impl From<BackplaneError> for Failure {
     fn from(e: BackplaneError) -> Self {
-        match e {
-            BackplaneError::Unavailable(m) => Self::Transient(format!("backplane: {m}")),
-        }
+        Self::Transient(Outage::Backplane(e))
     }
 }
 
@@ -89,10 +96,10 @@ pub struct Processed {
 
 #[derive(Clone)]
 pub struct Pipeline {
-    inner: Arc<Inner>,
+    inner: Arc<Parts>,
 }
 
-struct Inner {
+struct Parts {
     config: PipelineConfig,
     store: SharedStore,
     backplane: SharedBackplane,
@@ -101,7 +108,7 @@ struct Inner {
 impl Pipeline {
     pub fn new(config: PipelineConfig, store: SharedStore, backplane: SharedBackplane) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Parts {
                 config,
                 store,
                 backplane,
@@ -866,9 +873,10 @@ mod tests {
             "m-2",
             &format!(r#"{{"keyId":"{unknown}","amount":1,"newTotalSpend":2}}"#),
         );
-        assert_eq!(
-            f.pipeline.process(&body, &meta()).await,
-            Err(Failure::Rejected(Invalid::new("unknown key hash")))
+        let r = f.pipeline.process(&body, &meta()).await;
+        assert!(
+            matches!(&r, Err(Failure::Rejected(i)) if i.0 == "unknown key hash"),
+            "{r:?}"
         );
     }
 
@@ -918,7 +926,7 @@ mod tests {
             fail_call.store(n, Ordering::SeqCst);
             let r = p.process(&body, &meta()).await;
             assert!(
-                matches!(&r, Err(Failure::Transient(m)) if m.contains("down")),
+                matches!(&r, Err(Failure::Transient(m)) if m.to_string().contains("down")),
                 "step {n}: {r:?}"
             );
         }

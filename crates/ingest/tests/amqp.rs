@@ -724,33 +724,53 @@ async fn the_consumer_recovers_when_the_broker_cancels_it() {
 }
 
 /// Closes this test's consumer connection from the broker side (`rabbitmqctl`, found by the
-/// queue name in its connection name). `false` if rabbitmqctl is not usable here.
-async fn kill_connection(queue: &str) -> bool {
+/// queue name in its connection name): how many were closed, or `Err` when rabbitmqctl is not
+/// usable here.
+async fn kill_connection(queue: &str) -> Result<usize, String> {
     let queue = queue.to_owned();
     tokio::task::spawn_blocking(move || {
-        let run = |args: &[&str]| {
-            std::process::Command::new("rabbitmqctl")
+        let run = |args: &[&str]| -> Result<String, String> {
+            let o = std::process::Command::new("rabbitmqctl")
                 .args(args)
                 .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .map_err(|e| format!("rabbitmqctl: {e}"))?;
+            if !o.status.success() {
+                return Err(format!(
+                    "rabbitmqctl {args:?}: {} {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
         };
-        let Some(list) = run(&["-q", "list_connections", "pid", "client_properties"]) else {
-            return false;
-        };
-        let mut killed = false;
+        let list = run(&["-q", "list_connections", "pid", "client_properties"])?;
+        let mut killed = 0;
         let needle = format!("herald consume {queue}\"");
         for line in list.lines().filter(|l| l.contains(&needle)) {
             let Some((pid, _)) = line.split_once('\t') else {
                 continue;
             };
-            killed |= run(&["-q", "close_connection", pid, "test"]).is_some();
+            run(&["-q", "close_connection", pid, "test"])?;
+            killed += 1;
         }
-        killed
+        Ok(killed)
     })
     .await
-    .unwrap_or(false)
+    .map_err(|e| e.to_string())?
+}
+
+/// A test that cannot run here: fails under the test command or CI (`HERALD_TEST_STRICT`,
+/// `CI`), else says so on the real stderr (not the captured output) so the skip is visible.
+fn skip(test: &str, why: &str) {
+    let strict = ["HERALD_TEST_STRICT", "CI"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"));
+    assert!(
+        !strict,
+        "{test}: precondition missing ({why}); HERALD_TEST_STRICT/CI make that a failure"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
 }
 
 #[tokio::test]
@@ -774,11 +794,18 @@ async fn a_message_held_across_a_lost_connection_is_processed_once() {
         s.refused.load(Ordering::SeqCst) >= 1
     })
     .await;
-    if !kill_connection(&base).await {
-        eprintln!("rabbitmqctl unavailable: skipping the connection-loss part");
-        run.stop().await;
-        broker.cleanup(&cfg).await;
-        return;
+    match kill_connection(&base).await {
+        Ok(0) => panic!("no broker connection named after this consumer's queue {base}"),
+        Ok(_) => {}
+        Err(why) => {
+            run.stop().await;
+            broker.cleanup(&cfg).await;
+            skip(
+                "a_message_held_across_a_lost_connection_is_processed_once",
+                &why,
+            );
+            return;
+        }
     }
     let stats = run.stats.clone();
     eventually("the consumer to notice and reconnect", || {
@@ -932,8 +959,22 @@ async fn task_events_wait_for_their_owner_within_a_bounded_window() {
         stats.dead_lettered.load(Ordering::SeqCst) == 1
     })
     .await;
-    assert!(
-        node.next(Duration::from_millis(300)).await.is_none(),
+    // A marker published after the orphan was dead-lettered is the next event anyone gets.
+    broker
+        .publish(
+            &base,
+            "ImageGenerationProgress",
+            &ce(
+                "mark-1",
+                "ImageGenerationProgress",
+                r#"{"taskId":"img-late","progress":20}"#,
+            ),
+            props.clone(),
+        )
+        .await;
+    assert_eq!(
+        names(&node.until("mark-1").await),
+        ["ImageGenerationProgress:mark-1"],
         "the orphan reached no one"
     );
     run.stop().await;

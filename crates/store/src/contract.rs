@@ -3,7 +3,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_domain::budget::{SpendFacts, SpendObservation};
 use herald_domain::thresholds::Thresholds;
-use herald_domain::{EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
+use herald_domain::{Cause, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 pub enum StoreError {
     /// The database cannot be reached or failed; the caller retries later.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The write contradicts what is stored (e.g. a key hash already used by another id).
     #[error("conflict: {0}")]
     Conflict(String),

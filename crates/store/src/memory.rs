@@ -10,11 +10,11 @@ use std::sync::{Mutex, PoisonError};
 
 #[derive(Default)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    inner: Mutex<Tables>,
 }
 
 #[derive(Default)]
-struct Inner {
+struct Tables {
     keys: HashMap<KeyId, VirtualKey>,
     spend_at: HashMap<KeyId, DateTime<Utc>>,
     /// (key, period start) → threshold states.
@@ -28,7 +28,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

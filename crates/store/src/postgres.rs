@@ -16,7 +16,7 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use herald_domain::budget::{self, Change, SpendFacts, SpendObservation, ThresholdState};
 use herald_domain::thresholds::Thresholds;
-use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
+use herald_domain::{BudgetPeriod, Cause, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use rust_decimal::Decimal;
 use std::str::FromStr;
 use tokio_postgres::error::SqlState;
@@ -53,13 +53,13 @@ pub struct PostgresStore {
     observed: Batcher<(SpendFacts, Thresholds), SpendOutcome>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(Cause::new(e))
 }
 
 fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
     let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| StoreError::Unavailable(format!("invalid database URL: {e}")))?;
+        .map_err(|e| StoreError::Unavailable(Cause::context("invalid database URL", e)))?;
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -98,9 +98,9 @@ pub async fn migrate(url: &str) -> Result<Vec<i32>, StoreError> {
             .map_err(unavailable)?
             .is_some();
         if !done {
-            tx.batch_execute(sql)
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("migration {version}: {e}")))?;
+            tx.batch_execute(sql).await.map_err(|e| {
+                StoreError::Unavailable(Cause::context(format!("migration {version}"), e))
+            })?;
             tx.execute(
                 "INSERT INTO herald_migrations (version) VALUES ($1)",
                 &[version],
@@ -151,7 +151,7 @@ async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
 fn batched<T>(
     answer: Result<Result<T, StoreError>, herald_coalesce::NoAnswer>,
 ) -> Result<T, StoreError> {
-    answer.map_err(|_| unavailable("the store's batch worker stopped"))?
+    answer.map_err(|_| StoreError::Unavailable(Cause::from("the store's batch worker stopped")))?
 }
 
 fn keys_sql() -> String {
@@ -314,8 +314,9 @@ async fn evaluate_in(
         std::collections::HashMap::new();
     for r in &unpublished {
         let text: String = r.get("event");
-        let event = serde_json::from_str(&text)
-            .map_err(|e| StoreError::Unavailable(format!("stored alert is not valid JSON: {e}")))?;
+        let event = serde_json::from_str(&text).map_err(|e| {
+            StoreError::Unavailable(Cause::context("stored alert is not valid JSON", e))
+        })?;
         by_key
             .entry(r.get("key_id"))
             .or_default()
@@ -440,7 +441,7 @@ fn stored_thresholds(id: i64, list: Vec<i32>) -> Option<Thresholds> {
 
 fn key_from_row(row: &Row) -> Result<VirtualKey, StoreError> {
     let corrupt = |what: &str, e: &dyn std::fmt::Display| {
-        StoreError::Unavailable(format!("stored key has bad {what}: {e}"))
+        StoreError::Unavailable(Cause::from(format!("stored key has bad {what}: {e}")))
     };
     let id: i64 = row.get("id");
     let hash: String = row.get("key_hash");

@@ -59,7 +59,7 @@ pub(super) type Step = Result<(), Stop>;
 
 pub(super) enum ReplayError {
     Stop,
-    Unavailable(String),
+    Unavailable(herald_backplane::BackplaneError),
 }
 
 impl From<Stop> for ReplayError {

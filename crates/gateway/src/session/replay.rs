@@ -72,7 +72,7 @@ impl Session {
                 .backplane
                 .history(audience, Some(after), page)
                 .await
-                .map_err(|e| ReplayError::Unavailable(e.to_string()))?;
+                .map_err(ReplayError::Unavailable)?;
             let mut buf = String::new();
             if first {
                 self.note_resume(audience, history.gap, &mut buf);

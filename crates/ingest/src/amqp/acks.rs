@@ -1,6 +1,7 @@
 //! Acking in frames. Delivery tags rise in delivery order, so every finished delivery below the
 //! oldest unfinished one goes out in a single `multiple` ack.
 use super::connection::AmqpError;
+use herald_domain::Cause;
 use herald_telemetry::metrics;
 use lapin::Acker;
 use lapin::options::BasicAckOptions;
@@ -135,7 +136,7 @@ pub(super) async fn ack(acker: &Acker, multiple: bool) -> Result<(), AmqpError> 
         Ok(false) => Err(AmqpError::Broker(
             "could not ack: the channel is no longer usable".into(),
         )),
-        Err(e) => Err(AmqpError::Broker(format!("acking: {e}"))),
+        Err(e) => Err(AmqpError::Broker(Cause::context("acking", e))),
     }
 }
 

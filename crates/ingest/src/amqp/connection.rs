@@ -1,5 +1,6 @@
 //! Talking to the broker: the error type, connecting with a deadline, the shutdown signal and
 //! the small conversions every part of the AMQP side shares.
+use herald_domain::Cause;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Confirmation, Connection, ConnectionProperties};
 use rand::Rng;
@@ -16,14 +17,14 @@ pub enum AmqpError {
     #[error("invalid AMQP setting: {0}")]
     Config(String),
     #[error("RabbitMQ: {0}")]
-    Broker(String),
+    Broker(#[source] Cause),
     /// The broker did not take the message (nack, or no queue bound to the exchange).
     #[error("RabbitMQ did not accept the message: {0}")]
     NotAccepted(String),
 }
 
 pub(super) fn broker(context: &str) -> impl FnOnce(lapin::Error) -> AmqpError + '_ {
-    move |e| AmqpError::Broker(format!("{context}: {e}"))
+    move |e| AmqpError::Broker(Cause::context(context, e))
 }
 
 pub(super) fn short(s: &str, what: &str) -> Result<ShortString, AmqpError> {
@@ -64,7 +65,7 @@ pub(super) async fn connect(url: &str, name: &str) -> Result<Connection, AmqpErr
     let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
     Connection::connect(url, props)
         .await
-        .map_err(|e| AmqpError::Broker(format!("connecting to {}: {e}", redact(url))))
+        .map_err(|e| AmqpError::Broker(Cause::context(format!("connecting to {}", redact(url)), e)))
 }
 
 /// The URL without its password, for messages.

@@ -10,10 +10,10 @@ use crate::envelope;
 use crate::pipeline::Pipeline;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use herald_domain::{InboundEvent, Invalid};
+use herald_domain::{Cause, InboundEvent, Invalid};
 use herald_telemetry::metrics;
 use lapin::Connection;
-use lapin::message::Delivery;
+use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -190,8 +190,8 @@ impl Consumer {
         let mut ack_timer = tokio::time::interval(ACK_DELAY_MAX);
         ack_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inflight = FuturesUnordered::new();
-        let mut partitions: Partitions<(Delivery, Decoded)> = Partitions::default();
-        let start = |(delivery, decoded): (Delivery, Decoded),
+        let mut partitions: Partitions<(AmqpDelivery, Decoded)> = Partitions::default();
+        let start = |(delivery, decoded): (AmqpDelivery, Decoded),
                      partition: String,
                      shutdown: watch::Receiver<bool>| {
             let (channel, dead) = (&channel, &dead);
@@ -252,11 +252,9 @@ impl Consumer {
                 next = consumer.next() => {
                     let delivery = match next {
                         Some(Ok(d)) => d,
-                        Some(Err(e)) => return Err(AmqpError::Broker(format!("consuming: {e}"))),
+                        Some(Err(e)) => return Err(AmqpError::Broker(Cause::context("consuming", e))),
                         None => {
-                            return Err(AmqpError::Broker(
-                                "the broker cancelled the consumer".into(),
-                            ));
+                            return Err(AmqpError::Broker("the broker cancelled the consumer".into()));
                         }
                     };
                     acks.received(delivery.delivery_tag);

@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use herald_domain::{EventId, Invalid};
 use herald_telemetry::metrics;
 use lapin::Channel;
-use lapin::message::Delivery;
+use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, ShortString};
 use std::panic::AssertUnwindSafe;
@@ -32,7 +32,7 @@ impl Consumer {
     /// connection failed.
     pub(super) async fn handle(
         &self,
-        mut delivery: Delivery,
+        mut delivery: AmqpDelivery,
         decoded: Decoded,
         channel: &Channel,
         dead: &Channel,
@@ -143,7 +143,7 @@ impl Consumer {
     pub(super) async fn defer(
         &self,
         channel: &Channel,
-        delivery: &Delivery,
+        delivery: &AmqpDelivery,
         body: &[u8],
         attempts: i64,
     ) -> Result<(), AmqpError> {
@@ -177,7 +177,7 @@ impl Consumer {
     pub(super) async fn dead_letter(
         &self,
         channel: &Channel,
-        delivery: &Delivery,
+        delivery: &AmqpDelivery,
         body: &[u8],
         reason: &Invalid,
         event_id: Option<&EventId>,
@@ -212,7 +212,7 @@ pub(super) async fn republish(
     channel: &Channel,
     exchange: ShortString,
     routing_key: ShortString,
-    delivery: &Delivery,
+    delivery: &AmqpDelivery,
     body: &[u8],
     extra: Vec<(&str, AMQPValue)>,
     target: &str,

@@ -2,10 +2,10 @@
 use super::connection::header_text;
 use super::topology::ROUTING_KEY_HEADER;
 use crate::envelope::MessageMeta;
-use lapin::message::Delivery;
+use lapin::message::Delivery as AmqpDelivery;
 
 /// What the pipeline needs to know about a delivery besides its body.
-pub fn meta_of(delivery: &Delivery) -> MessageMeta {
+pub fn meta_of(delivery: &AmqpDelivery) -> MessageMeta {
     let p = &delivery.properties;
     // A deferred message comes back with the queue's name as routing key; its own is kept.
     let original = p

@@ -2,6 +2,7 @@
 //! queues, the topic exchange and the MassTransit exchanges it binds, and the headers Herald
 //! writes. Declared idempotently by every consumer and by `herald publish`.
 use super::connection::{AmqpError, broker, short};
+use herald_domain::Cause;
 use herald_domain::vocabulary;
 use lapin::Channel;
 use lapin::ExchangeKind;
@@ -197,8 +198,9 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
             )
             .await
             .map_err(|e| {
-                AmqpError::Broker(format!(
-                    "declaring exchange {name:?} as durable fanout (does it exist with another type?): {e}"
+                AmqpError::Broker(Cause::context(
+                    format!("declaring exchange {name:?} as durable fanout (does it exist with another type?)"),
+                    e,
                 ))
             })?;
         channel
