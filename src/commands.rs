@@ -48,8 +48,14 @@ impl From<String> for CommandError {
 
 pub async fn run(invocation: Invocation) -> Result<(), CommandError> {
     let Invocation { command, settings } = invocation;
-    telemetry::init(settings.log_format, &settings.node_id);
-    match command {
+    // Only the serving roles make spans; the CLI commands do not export.
+    let serving = matches!(
+        command,
+        Command::Standalone | Command::Consume | Command::Serve
+    );
+    let tracing = telemetry::init(settings.log_format, &settings.node_id, serving)
+        .map_err(CommandError::Usage)?;
+    let result = match command {
         Command::Standalone => run_role(Role::Standalone, settings).await,
         Command::Consume => run_role(Role::Consume, settings).await,
         Command::Serve => run_role(Role::Serve, settings).await,
@@ -64,7 +70,12 @@ pub async fn run(invocation: Invocation) -> Result<(), CommandError> {
         }
         Command::Keys(command) => keys(&settings, command).await,
         Command::Publish(args) => publish(&settings, args).await,
+    };
+    if let Some(t) = tracing {
+        // Flushing blocks on the exporter's thread, which needs this runtime's workers free.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
     }
+    result
 }
 
 async fn run_role(role: Role, settings: Settings) -> Result<(), CommandError> {

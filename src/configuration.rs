@@ -11,7 +11,6 @@ use crate::values::{
 };
 use clap::{Arg, Args, FromArgMatches};
 use herald_domain::thresholds::Thresholds;
-use herald_telemetry::trace::OtlpEndpoint;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -217,7 +216,7 @@ pub const ENV_ONLY: &[EnvOnly] = &[
     EnvOnly {
         name: "OTEL_EXPORTER_OTLP_ENDPOINT",
         default: "unset: no trace export",
-        help: "Collector base URL, http://host:4318; spans go to <url>/v1/traces as OTLP/HTTP JSON. Only http:// (a bad value stops start-up).",
+        help: "Collector base URL (http:// or https://); http/protobuf posts to <url>/v1/traces. Read by the OpenTelemetry SDK with the other standard OTEL_* variables (docs/operations.md, Traces).",
         commands: NODES,
     },
     EnvOnly {
@@ -228,8 +227,8 @@ pub const ENV_ONLY: &[EnvOnly] = &[
     },
     EnvOnly {
         name: "OTEL_EXPORTER_OTLP_PROTOCOL",
-        default: "http/json",
-        help: "Only http/json is accepted when an endpoint is set.",
+        default: "http/protobuf",
+        help: "http/protobuf (port 4318) or grpc (port 4317); anything else stops start-up.",
         commands: NODES,
     },
     EnvOnly {
@@ -286,10 +285,6 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// On SIGTERM, connections are closed (allowReconnect) spread over this window.
     pub drain_window: Duration,
-    /// Where spans go (OTLP/HTTP JSON), from the standard `OTEL_EXPORTER_OTLP_*` variables.
-    pub otlp: Option<OtlpEndpoint>,
-    /// `OTEL_SERVICE_NAME`, default `herald`.
-    pub service_name: String,
 }
 
 /// URLs may carry passwords: `Debug` shows them without.
@@ -314,8 +309,6 @@ impl std::fmt::Debug for Settings {
             .field("migrate", &self.migrate)
             .field("log_format", &self.log_format)
             .field("drain_window", &self.drain_window)
-            .field("otlp", &self.otlp)
-            .field("service_name", &self.service_name)
             .finish()
     }
 }
@@ -363,7 +356,6 @@ impl Settings {
                 "expected at least 16 characters",
             ));
         }
-        let (otlp, service_name) = otel(&env)?;
         Ok(Self {
             listen: node.listen,
             amqp_url: amqp.amqp_url,
@@ -382,42 +374,8 @@ impl Settings {
             migrate: node.migrate,
             log_format: log.log_format,
             drain_window: gateway.drain_window,
-            otlp,
-            service_name,
         })
     }
-}
-
-/// The standard OpenTelemetry variables.
-fn otel(
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<(Option<OtlpEndpoint>, String), ConfigError> {
-    let otlp = OtlpEndpoint::parse(
-        env("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
-        env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").as_deref(),
-    )
-    .map_err(|e| {
-        let var = if env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some() {
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-        } else {
-            "OTEL_EXPORTER_OTLP_ENDPOINT"
-        };
-        ConfigError::new(var, e)
-    })?;
-    if otlp.is_some()
-        && let Some(p) = env("OTEL_EXPORTER_OTLP_PROTOCOL")
-            .map(|p| p.trim().to_ascii_lowercase())
-            .filter(|p| p != "http/json")
-    {
-        return Err(ConfigError::new(
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            format!("Herald exports http/json only, got {p:?} (unset it or set http/json)"),
-        ));
-    }
-    let service_name = env("OTEL_SERVICE_NAME")
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_else(|| "herald".into());
-    Ok((otlp, service_name))
 }
 
 /// A group with nothing given: its declared defaults, the environment not consulted.
@@ -468,32 +426,6 @@ mod tests {
         let _: ConsumerArgs = declared_defaults();
         let _: NodeArgs = declared_defaults();
         let _: GatewayArgs = declared_defaults();
-    }
-
-    #[test]
-    fn otlp_endpoint_comes_from_the_standard_variables_and_bad_ones_are_named() {
-        let s = load(&[]).unwrap();
-        assert_eq!(s.otlp, None);
-        assert_eq!(s.service_name, "herald");
-        let s = load(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
-            ("OTEL_SERVICE_NAME", "herald-gw"),
-        ])
-        .unwrap();
-        let e = s.otlp.unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.port, e.path.as_str()),
-            ("collector", 4318, "/v1/traces")
-        );
-        assert_eq!(s.service_name, "herald-gw");
-        let e = load(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")]).unwrap_err();
-        assert_eq!(e.var, "OTEL_EXPORTER_OTLP_ENDPOINT");
-        let e = load(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ])
-        .unwrap_err();
-        assert_eq!(e.var, "OTEL_EXPORTER_OTLP_PROTOCOL");
     }
 
     #[test]

@@ -114,13 +114,6 @@ fn token_secret(settings: &Settings) -> Vec<u8> {
 impl Application {
     pub async fn build(role: Role, mut settings: Settings) -> Result<Self, StartupError> {
         let mut banner = Vec::new();
-        if let Some(endpoint) = settings.otlp.clone() {
-            herald_telemetry::trace::install_exporter(
-                endpoint,
-                settings.service_name.clone(),
-                settings.node_id.clone(),
-            );
-        }
         if role == Role::Consume && settings.amqp_url.is_none() {
             return Err(StartupError::Config(
                 "HERALD_AMQP_URL: herald consume needs RabbitMQ, expected an amqp:// URL".into(),

@@ -1,39 +1,84 @@
-//! Logging. JSON lines for the production roles, readable text for standalone and the CLI.
+//! Logging and trace export. JSON lines for the production roles, readable text for standalone
+//! and the CLI; spans go to an OTLP collector when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+//! (docs/operations.md, "Tracing").
 //!
 //! A JSON line is one object: `timestamp`, `level`, `target`, `node` (HERALD_NODE_ID, so lines
 //! from many nodes can be merged), `message` and the event's own fields (`event_id`,
-//! `key_id`, `connection`, ...). Raw virtual keys are never a field: only key ids and hashes
-//! are logged (tests/operations.rs checks a debug-level run).
+//! `key_id`, `connection`, ...), plus `trace_id` and `span_id` when it is written inside an
+//! exported span. Raw virtual keys are never a field: only key ids and hashes are logged
+//! (tests/operations.rs checks a debug-level run).
 use crate::configuration::LogFormat;
+use herald_telemetry::trace::{self, Tracing};
 use serde_json::{Map, Value};
 use std::fmt;
+use std::sync::{Arc, OnceLock};
+use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing::{Dispatch, Event, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::registry::{LookupSpan, Registry};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, filter};
 
-pub fn init(format: LogFormat, node: &str) {
+type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Installs the global subscriber; with `export`, also the trace exporter when one is
+/// configured, returned to be shut down at exit. Errors name the `OTEL_*` variable that cannot
+/// be used.
+pub fn init(format: LogFormat, node: &str, export: bool) -> Result<Option<Tracing>, String> {
+    let tracing = if export {
+        // The SDK warns about variables it ignores while it builds: log those lines too.
+        let logs_only = Dispatch::from(tracing_subscriber::registry().with(vec![log_layer(
+            format,
+            node,
+            Arc::new(OnceLock::new()),
+        )]));
+        tracing::dispatcher::with_default(&logs_only, || Tracing::from_env(node))
+            .map_err(|e| e.to_string())?
+    } else {
+        None
+    };
+    let dispatch = Arc::new(OnceLock::new());
+    let mut layers: Vec<Boxed> = Vec::new();
+    // Herald's spans are exported whatever RUST_LOG says; log events are not span events.
+    if let Some(t) = &tracing {
+        layers.push(Box::new(t.layer().with_filter(filter::filter_fn(|m| {
+            m.is_span() && m.target().starts_with("herald")
+        }))));
+    }
+    layers.push(log_layer(format, node, dispatch.clone()));
+    let subscriber: Dispatch = tracing_subscriber::registry().with(layers).into();
+    let _ = dispatch.set(subscriber.downgrade());
+    // A second init (tests) is harmless; ignore it.
+    let _ = subscriber.try_init();
+    Ok(tracing)
+}
+
+/// The log lines to stderr, filtered by `RUST_LOG`. `dispatch` is the subscriber the layer
+/// ends up in (set once built), where JSON lines look up the current span's trace ids.
+fn log_layer(format: LogFormat, node: &str, dispatch: Arc<OnceLock<WeakDispatch>>) -> Boxed {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) is harmless; ignore it.
-    let _ = match format {
-        LogFormat::Json => builder
-            .event_format(JsonLine {
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => Box::new(
+            fmt.event_format(JsonLine {
                 node: node.to_owned(),
+                dispatch,
             })
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+            .with_filter(filter),
+        ),
+        LogFormat::Text => Box::new(fmt.with_filter(filter)),
+    }
 }
 
 /// Formats one event as a JSON object on one line.
 struct JsonLine {
     node: String,
+    /// The subscriber this formatter belongs to, for the current span's trace context.
+    dispatch: Arc<OnceLock<WeakDispatch>>,
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLine
@@ -47,7 +92,27 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        writeln!(writer, "{}", json_line(&self.node, event))
+        let mut line = json_line(&self.node, event);
+        if let Some((trace_id, span_id)) = self.trace_ids()
+            && let Value::Object(map) = &mut line
+        {
+            map.insert("trace_id".into(), Value::String(trace_id));
+            map.insert("span_id".into(), Value::String(span_id));
+        }
+        writeln!(writer, "{line}")
+    }
+}
+
+impl JsonLine {
+    /// The current span's ids, when it is an exported one.
+    fn trace_ids(&self) -> Option<(String, String)> {
+        if !trace::enabled() {
+            return None;
+        }
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        let current = dispatch.current_span();
+        let id = current.id()?;
+        trace::span_ids(id, &dispatch)
     }
 }
 

@@ -5,6 +5,9 @@ mod common;
 
 use common::process::*;
 use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use prost::Message;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -245,77 +248,98 @@ async fn logs_are_json_lines_with_node_event_and_key_ids_and_never_a_raw_key() {
     );
 }
 
-/// A minimal OTLP/HTTP receiver: stores every JSON body POSTed to it.
-async fn otlp_receiver() -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
+/// A minimal OTLP/HTTP receiver (http/protobuf): decodes every `ExportTraceServiceRequest`
+/// POSTed to `/v1/traces`, on as many requests per connection as the exporter sends.
+async fn otlp_receiver() -> (SocketAddr, Arc<Mutex<Vec<ExportTraceServiceRequest>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let store = bodies.clone();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let store = requests.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             let store = store.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 8192];
-                let body = loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        return;
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
                     };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse().ok())
-                                    .flatten()
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            assert!(head.starts_with("POST /v1/traces "), "{head}");
-                            break body.to_owned();
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    assert!(head.starts_with("POST /v1/traces "), "{head}");
+                    assert!(
+                        head.to_ascii_lowercase()
+                            .contains("content-type: application/x-protobuf"),
+                        "{head}"
+                    );
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())
+                                .flatten()
+                        })
+                        .expect("a Content-Length");
+                    while buf.len() < end + 4 + len {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                };
-                if let Ok(v) = serde_json::from_str::<Value>(&body) {
-                    store.lock().unwrap().push(v);
+                    let body: Vec<u8> = buf.drain(..end + 4 + len).skip(end + 4).collect();
+                    let request = ExportTraceServiceRequest::decode(body.as_slice())
+                        .expect("an OTLP protobuf body");
+                    store.lock().unwrap().push(request);
+                    let reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
+                    if s.write_all(reply).await.is_err() {
+                        return;
+                    }
                 }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                    .await;
             });
         }
     });
-    (addr, bodies)
+    (addr, requests)
 }
 
-/// (trace id, span name, node, parent span id, span id) of every received span.
-fn spans(bodies: &[Value]) -> Vec<(String, String, String, String, String)> {
+/// One received span: its trace, name, node (`service.instance.id`), parent and own span id
+/// (hex).
+#[derive(Debug, Clone)]
+struct Received {
+    trace: String,
+    name: String,
+    node: String,
+    parent: String,
+    span: String,
+}
+
+fn spans(requests: &[ExportTraceServiceRequest]) -> Vec<Received> {
     let mut out = Vec::new();
-    for b in bodies {
-        for rs in b["resourceSpans"].as_array().into_iter().flatten() {
-            let node = rs["resource"]["attributes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| a["key"] == "service.instance.id")
-                .map(|a| a["value"]["stringValue"].as_str().unwrap_or("").to_owned())
+    for r in requests {
+        for rs in &r.resource_spans {
+            let node = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.instance.id")
+                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
                 .unwrap_or_default();
-            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
-                for s in ss["spans"].as_array().into_iter().flatten() {
-                    let text = |k: &str| s[k].as_str().unwrap_or("").to_owned();
-                    out.push((
-                        text("traceId"),
-                        text("name"),
-                        node.clone(),
-                        text("parentSpanId"),
-                        text("spanId"),
-                    ));
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    out.push(Received {
+                        trace: hex(&s.trace_id),
+                        name: s.name.clone(),
+                        node: node.clone(),
+                        parent: hex(&s.parent_span_id),
+                        span: hex(&s.span_id),
+                    });
                 }
             }
         }
@@ -323,20 +347,27 @@ fn spans(bodies: &[Value]) -> Vec<(String, String, String, String, String)> {
     out
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[tokio::test]
 async fn consume_publish_and_deliver_spans_share_one_trace_across_two_processes() {
-    let (receiver, bodies) = otlp_receiver().await;
+    let (receiver, requests) = otlp_receiver().await;
     let real = real_env("ops-consumer").await;
     let (env, ns) = (real.vars.clone(), real.ns.clone());
     let otlp = format!("http://{receiver}");
     let mut consumer_env = env.clone();
     consumer_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()));
+    // The consumer's "processed" line is at debug level.
+    consumer_env.push(("RUST_LOG", "info,herald_ingest=debug".to_owned()));
     let mut gateway_env: Vec<(&str, String)> = env
         .into_iter()
         .filter(|(k, _)| *k != "HERALD_NODE_ID" && *k != "HERALD_MIGRATE")
         .collect();
     gateway_env.push(("HERALD_NODE_ID", "ops-gateway".to_owned()));
     gateway_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp));
+    gateway_env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()));
     let consumer = Herald::start(&["consume"], &consumer_env);
     consumer.wait_ready().await;
     let gateway = Herald::start(&["serve"], &gateway_env);
@@ -360,13 +391,14 @@ async fn consume_publish_and_deliver_spans_share_one_trace_across_two_processes(
     let (name, _) = client.next_invocation(WAIT).await.expect("SpendUpdate");
     assert_eq!(name, "SpendUpdate");
 
+    // The SDK batches: spans arrive within its schedule delay (5 s by default).
     let mut found = Vec::new();
-    for _ in 0..100 {
-        found = spans(&bodies.lock().unwrap())
+    for _ in 0..150 {
+        found = spans(&requests.lock().unwrap())
             .into_iter()
-            .filter(|s| s.0 == trace)
+            .filter(|s| s.trace == trace)
             .collect();
-        let names: Vec<&str> = found.iter().map(|s| s.1.as_str()).collect();
+        let names: Vec<&str> = found.iter().map(|s| s.name.as_str()).collect();
         if ["herald.consume", "herald.publish", "herald.deliver"]
             .iter()
             .all(|n| names.contains(n))
@@ -375,20 +407,46 @@ async fn consume_publish_and_deliver_spans_share_one_trace_across_two_processes(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let by_name: HashMap<&str, &(String, String, String, String, String)> =
-        found.iter().map(|s| (s.1.as_str(), s)).collect();
+    let by_name: HashMap<&str, &Received> = found.iter().map(|s| (s.name.as_str(), s)).collect();
     let consume = by_name.get("herald.consume").expect("consume span");
     let publish = by_name.get("herald.publish").expect("publish span");
     let deliver = by_name.get("herald.deliver").expect("deliver span");
-    assert_eq!(consume.2, "ops-consumer");
-    assert_eq!(publish.2, "ops-consumer");
-    assert_eq!(deliver.2, "ops-gateway", "delivered by the other process");
+    assert_eq!(consume.node, "ops-consumer");
+    assert_eq!(publish.node, "ops-consumer");
     assert_eq!(
-        consume.3, parent,
+        deliver.node, "ops-gateway",
+        "delivered by the other process"
+    );
+    assert_eq!(
+        consume.parent, parent,
         "consume continues the bus message's trace"
     );
-    assert_eq!(publish.3, consume.4, "publish is a child of consume");
-    assert_eq!(deliver.3, consume.4, "deliver is a child of consume");
+    assert_eq!(
+        publish.parent, consume.span,
+        "publish is a child of consume"
+    );
+    assert_eq!(
+        deliver.parent, consume.span,
+        "deliver is a child of consume"
+    );
+
+    // The consumer's log line for this event carries the same trace, and the consume span.
+    let lines = tokio::task::spawn_blocking(move || consumer.stop())
+        .await
+        .unwrap();
+    let processed: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "processed" && v["event_id"] == "trace-1")
+        .collect();
+    assert_eq!(processed.len(), 1, "one processed line: {lines:?}");
+    assert_eq!(processed[0]["trace_id"], trace, "{:?}", processed[0]);
+    assert_eq!(
+        processed[0]["span_id"],
+        consume.span.as_str(),
+        "{:?}",
+        processed[0]
+    );
 }
 
 /// Names of `herald_*` and `process_*` metrics mentioned in `text`, without histogram suffixes.

@@ -4,7 +4,7 @@ use crate::delivery::Delivery;
 use crate::mailbox::Mailbox;
 use herald_domain::Audience;
 use herald_telemetry::metrics;
-use herald_telemetry::trace::{self, Span, SpanKind};
+use herald_telemetry::trace;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
@@ -48,20 +48,17 @@ impl Router {
     pub(crate) fn dispatch(&self, d: &Delivery) {
         let mut map = self.listeners();
         if let Some(list) = map.get_mut(&d.audience) {
-            let span = trace::enabled().then(|| {
-                Span::start(
+            let span = trace::child_of(d.event.traceparent.as_deref(), || {
+                tracing::info_span!(
                     "herald.deliver",
-                    SpanKind::Consumer,
-                    d.event.traceparent.as_deref(),
+                    otel.kind = "consumer",
+                    herald.event_id = d.event.event_id.as_str(),
+                    herald.audience = %d.audience,
+                    herald.listeners = tracing::field::Empty,
                 )
             });
             list.retain(|m| m.offer(d.clone()));
-            if let Some(mut span) = span {
-                span.set("herald.event_id", d.event.event_id.as_str());
-                span.set("herald.audience", d.audience);
-                span.set("herald.listeners", list.len());
-                span.end();
-            }
+            span.record("herald.listeners", list.len());
             // A clock behind the source's counts as zero, not as a huge duration.
             let age = chrono::Utc::now() - d.event.timestamp;
             metrics()

@@ -19,9 +19,10 @@ use herald_domain::{
 };
 use herald_store::{SharedStore, StoreError};
 use herald_telemetry::metrics;
-use herald_telemetry::trace::{self, Span, SpanKind};
+use herald_telemetry::trace;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// The metric label of an audience: its kind, never a key id (bounded cardinality).
 fn audience_kind(a: Audience) -> &'static str {
@@ -125,47 +126,56 @@ impl Pipeline {
     ///
     /// Runs in a `herald.consume` span, a child of the message's `traceparent` (or a new
     /// root); the outbound events carry this span's context through the backplane, so the
-    /// gateway's delivery spans join the same trace.
+    /// gateway's delivery spans join the same trace. With tracing off there is no span and the
+    /// inbound `traceparent` (if any) passes through unchanged.
     pub async fn process_event(&self, mut ev: InboundEvent) -> Result<Processed, Failure> {
-        if !trace::enabled() {
-            // Nothing to export: the inbound traceparent (if any) passes through unchanged.
-            return self.dispatch(ev).await;
+        let span = trace::child_of(ev.traceparent.as_deref(), || {
+            tracing::info_span!(
+                "herald.consume",
+                otel.kind = "consumer",
+                herald.event_id = ev.id.as_str(),
+                herald.event_type = ev.kind.type_name(),
+                herald.key_id = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
+            )
+        });
+        if let Some(tp) = trace::traceparent(&span) {
+            ev.traceparent = Some(tp);
         }
-        let mut span = Span::start(
-            "herald.consume",
-            SpanKind::Consumer,
-            ev.traceparent.as_deref(),
-        );
-        span.set("herald.event_id", ev.id.as_str());
-        span.set("herald.event_type", ev.kind.type_name());
-        ev.traceparent = Some(span.traceparent());
-        let result = self.dispatch(ev).await;
+        let result = self.dispatch(ev).instrument(span.clone()).await;
+        let _in_span = span.enter();
         match &result {
             Ok(p) => {
                 if let Some(k) = p.key_id {
-                    span.set("herald.key_id", k);
+                    span.record("herald.key_id", k.get());
                 }
+                tracing::debug!(event_id = %p.event_id, event_type = p.event_type, key_id = p.key_id.map(|k| k.get()), published = p.published, alerts = p.alerts, "processed");
             }
-            Err(e) => span.fail(e),
+            Err(e) => trace::fail(&span, e),
         }
-        span.end();
         result
     }
 
     /// Publishes one event to its audiences in a `herald.publish` span, timed and counted.
     async fn publish(&self, audiences: &[Audience], event: &OutboundEvent) -> Result<(), Failure> {
-        let mut span = trace::enabled().then(|| {
-            let mut span = Span::start(
+        let span = trace::child_of(event.traceparent.as_deref(), || {
+            tracing::info_span!(
                 "herald.publish",
-                SpanKind::Producer,
-                event.traceparent.as_deref(),
-            );
-            span.set("herald.event_id", event.event_id.as_str());
-            span.set("herald.event", event.name.name());
-            span
+                otel.kind = "producer",
+                herald.event_id = event.event_id.as_str(),
+                herald.event = event.name.name(),
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
+            )
         });
         let started = Instant::now();
-        let result = self.inner.backplane.publish(audiences, event).await;
+        let result = self
+            .inner
+            .backplane
+            .publish(audiences, event)
+            .instrument(span.clone())
+            .await;
         let m = metrics();
         m.backplane_publish_seconds.observe(started.elapsed());
         match &result {
@@ -174,14 +184,7 @@ impl Pipeline {
                     m.published.with(audience_kind(*a)).inc();
                 }
             }
-            Err(e) => {
-                if let Some(span) = span.as_mut() {
-                    span.fail(e);
-                }
-            }
-        }
-        if let Some(span) = span {
-            span.end();
+            Err(e) => trace::fail(&span, e),
         }
         Ok(result?)
     }

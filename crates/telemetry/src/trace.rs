@@ -1,468 +1,454 @@
-//! Trace spans: W3C trace context in, OTLP/HTTP JSON out.
+//! Trace spans: ordinary `tracing` spans, exported by OpenTelemetry when an OTLP endpoint is set.
 //!
 //! Herald makes three spans per event: `herald.consume` (the consumer, a child of the bus
-//! message's `traceparent` or a new root), `herald.publish` (the backplane write) and
+//! message's W3C `traceparent` or a new root), `herald.publish` (the backplane write) and
 //! `herald.deliver` (one per gateway node that dispatches the event to its connections, a child
-//! of the `traceparent` carried in the Redis envelope). Spans are sent only when an exporter is
-//! installed; otherwise ending a span costs nothing but the clock read.
+//! of the `traceparent` carried in the Redis envelope). docs/operations.md ("Tracing") lists the
+//! variables; everything is read from the standard `OTEL_*` ones by the SDK, except what the SDK
+//! would silently ignore when misspelt (protocol, timeout), which is checked here.
 //!
-//! The exporter speaks OTLP/HTTP with JSON bodies (`POST {endpoint}/v1/traces`,
-//! `Content-Type: application/json`), which every OpenTelemetry Collector accepts on 4318,
-//! over plain HTTP: no TLS and no protobuf/gRPC stack in the binary. Spans are batched, and
-//! dropped (counted, logged) rather than queued without bound when the collector is down.
-use std::fmt::Write;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+//! When no endpoint is set, nothing is installed and [`enabled`] is false: call sites skip
+//! building spans altogether, so the hot path pays one relaxed atomic load.
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_http::hyper::HyperClient;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::resource::{
+    EnvResourceDetector, ResourceDetector, TelemetryResourceDetector,
+};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
 
-/// A span's identity, as carried by a W3C `traceparent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpanContext {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub sampled: bool,
-}
-
-impl SpanContext {
-    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; anything else (or all-zero ids) is `None`.
-    pub fn parse(traceparent: &str) -> Option<Self> {
-        let mut parts = traceparent.trim().split('-');
-        let (version, trace, span, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
-            return None;
-        }
-        let mut trace_id = [0u8; 16];
-        let mut span_id = [0u8; 8];
-        hex::decode_to_slice(trace, &mut trace_id).ok()?;
-        hex::decode_to_slice(span, &mut span_id).ok()?;
-        let mut flag = [0u8; 1];
-        hex::decode_to_slice(flags, &mut flag).ok()?;
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        Some(Self {
-            trace_id,
-            span_id,
-            sampled: flag[0] & 1 == 1,
-        })
-    }
-
-    pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex::encode(self.trace_id),
-            hex::encode(self.span_id),
-            u8::from(self.sampled)
-        )
-    }
-}
-
-/// What kind of work a span is, as OTLP numbers it.
-#[derive(Debug, Clone, Copy)]
-pub enum SpanKind {
-    Internal = 1,
-    Producer = 4,
-    Consumer = 5,
-}
-
-/// A span in progress; `end()` records it.
-#[derive(Debug)]
-pub struct Span {
-    name: &'static str,
-    kind: SpanKind,
-    context: SpanContext,
-    parent: Option<[u8; 8]>,
-    start: SystemTime,
-    attributes: Vec<(&'static str, String)>,
-    error: Option<String>,
-}
-
-impl Span {
-    /// Starts a span: a child of `parent` (a `traceparent` value) when it parses, else a root.
-    pub fn start(name: &'static str, kind: SpanKind, parent: Option<&str>) -> Self {
-        let parent = parent.and_then(SpanContext::parse);
-        let context = SpanContext {
-            trace_id: parent.map_or_else(random_trace_id, |p| p.trace_id),
-            span_id: random_span_id(),
-            sampled: parent.is_none_or(|p| p.sampled),
-        };
-        Self {
-            name,
-            kind,
-            context,
-            parent: parent.map(|p| p.span_id),
-            start: SystemTime::now(),
-            attributes: Vec::new(),
-            error: None,
-        }
-    }
-
-    pub fn context(&self) -> SpanContext {
-        self.context
-    }
-
-    /// The `traceparent` a child of this span should carry.
-    pub fn traceparent(&self) -> String {
-        self.context.traceparent()
-    }
-
-    pub fn set(&mut self, key: &'static str, value: impl ToString) {
-        self.attributes.push((key, value.to_string()));
-    }
-
-    pub fn fail(&mut self, error: impl ToString) {
-        self.error = Some(error.to_string());
-    }
-
-    pub fn end(self) {
-        let Some(tx) = EXPORTER.get() else {
-            return;
-        };
-        if !self.context.sampled {
-            return;
-        }
-        let end = SystemTime::now();
-        if tx.try_send(FinishedSpan { span: self, end }).is_err() {
-            let n = DROPPED.fetch_add(1, Ordering::Relaxed);
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n + 1, "trace export queue full; dropping spans");
-            }
-        }
-    }
-}
-
-fn random_trace_id() -> [u8; 16] {
-    loop {
-        let id: [u8; 16] = rand::random();
-        if id != [0; 16] {
-            return id;
-        }
-    }
-}
-
-fn random_span_id() -> [u8; 8] {
-    loop {
-        let id: [u8; 8] = rand::random();
-        if id != [0; 8] {
-            return id;
-        }
-    }
-}
-
-#[derive(Debug)]
-struct FinishedSpan {
-    span: Span,
-    end: SystemTime,
-}
-
-static EXPORTER: OnceLock<mpsc::Sender<FinishedSpan>> = OnceLock::new();
+static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are exported; callers on hot paths skip building spans when not.
 pub fn enabled() -> bool {
-    EXPORTER.get().is_some()
+    ENABLED.load(Ordering::Relaxed)
 }
-static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// Where to send spans: `http://host:port` plus the path (`/v1/traces`).
+/// A setting of the trace exporter that cannot be used, with the variable that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtlpEndpoint {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
 }
 
-impl OtlpEndpoint {
-    /// `base` is `OTEL_EXPORTER_OTLP_ENDPOINT` (the path `/v1/traces` is appended);
-    /// `traces` is `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is). Only `http://` is
-    /// supported; the error says why a value was refused.
-    pub fn parse(base: Option<&str>, traces: Option<&str>) -> Result<Option<Self>, String> {
-        let (url, append) = match (traces, base) {
-            (Some(t), _) if !t.trim().is_empty() => (t.trim(), false),
-            (_, Some(b)) if !b.trim().is_empty() => (b.trim(), true),
-            _ => return Ok(None),
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.var, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+const TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+const TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+const COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+const TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION";
+
+/// The exporter's settings that Herald itself reads (the SDK reads the rest: headers,
+/// compression, sampler, resource attributes, batch sizes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSettings {
+    /// The variable that named the endpoint (for error messages).
+    pub endpoint_var: &'static str,
+    /// An `https://` endpoint.
+    pub tls: bool,
+    pub protocol: Protocol,
+    pub timeout: Duration,
+}
+
+impl ExportSettings {
+    /// `None` when neither endpoint variable is set (export off). `env` looks a variable up.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        let set = |var: &'static str| {
+            env(var)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .map(|v| (var, v))
         };
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("{url:?}: only http:// endpoints are supported (OTLP/HTTP JSON; put a collector next to Herald for TLS)")
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
+        let Some((endpoint_var, endpoint)) = set(TRACES_ENDPOINT).or_else(|| set(ENDPOINT)) else {
+            return Ok(None);
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-            ),
-            _ => (authority, 80),
+        let tls = endpoint.to_ascii_lowercase().starts_with("https://");
+        let protocol = match set(TRACES_PROTOCOL).or_else(|| set(PROTOCOL)) {
+            None => Protocol::HttpBinary,
+            Some((var, v)) => match v.to_ascii_lowercase().as_str() {
+                "http/protobuf" => Protocol::HttpBinary,
+                "grpc" => Protocol::Grpc,
+                _ => {
+                    return Err(ConfigError {
+                        var,
+                        problem: format!("expected http/protobuf or grpc, got {v:?}"),
+                    });
+                }
+            },
         };
-        if host.is_empty() {
-            return Err(format!("{url:?}: no host"));
+        let timeout = match set(TRACES_TIMEOUT).or_else(|| set(TIMEOUT)) {
+            None => Duration::from_secs(10),
+            Some((var, v)) => Duration::from_millis(v.parse().map_err(|_| ConfigError {
+                var,
+                problem: format!("expected milliseconds, got {v:?}"),
+            })?),
+        };
+        // No compression is built in; the SDK would only warn and send uncompressed.
+        if let Some((var, v)) = set(TRACES_COMPRESSION).or_else(|| set(COMPRESSION))
+            && !v.eq_ignore_ascii_case("none")
+        {
+            return Err(ConfigError {
+                var,
+                problem: format!("Herald sends spans uncompressed: expected none, got {v:?}"),
+            });
         }
-        let path = if append {
-            format!("{}/v1/traces", path.trim_end_matches('/'))
-        } else if path.is_empty() {
-            "/".to_owned()
-        } else {
-            path.to_owned()
-        };
         Ok(Some(Self {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port,
-            path,
+            endpoint_var,
+            tls,
+            protocol,
+            timeout,
         }))
     }
 }
 
-/// Starts the exporter task (once per process; later calls are ignored). Call from within a
-/// tokio runtime.
-pub fn install_exporter(endpoint: OtlpEndpoint, service: String, node: String) {
-    let (tx, rx) = mpsc::channel(8192);
-    if EXPORTER.set(tx).is_ok() {
-        tracing::info!(host = %endpoint.host, port = endpoint.port, path = %endpoint.path, "exporting traces over OTLP/HTTP JSON");
-        tokio::spawn(export(rx, endpoint, service, node));
-    }
+/// The installed exporter. Dropping it without [`Tracing::shutdown`] may lose the last batch.
+#[derive(Debug)]
+pub struct Tracing {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
 }
 
-const BATCH: usize = 512;
-const FLUSH_EVERY: Duration = Duration::from_millis(500);
-
-async fn export(
-    mut rx: mpsc::Receiver<FinishedSpan>,
-    endpoint: OtlpEndpoint,
-    service: String,
-    node: String,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let first = match rx.recv().await {
-            Some(s) => s,
-            None => return,
+impl Tracing {
+    /// Builds the OTLP exporter and a batching tracer provider from the process environment;
+    /// `None` when no endpoint is set. `node` is the `service.instance.id`. Call from within a
+    /// tokio runtime (the HTTP client and the gRPC channel run on it).
+    pub fn from_env(node: &str) -> Result<Option<Self>, ConfigError> {
+        let Some(settings) = ExportSettings::from_lookup(|k| std::env::var(k).ok())? else {
+            return Ok(None);
         };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s),
-                Ok(None) | Err(_) => break,
+        let bad = |e: opentelemetry_otlp::ExporterBuildError| ConfigError {
+            var: settings.endpoint_var,
+            problem: e.to_string(),
+        };
+        let builder = opentelemetry_otlp::SpanExporter::builder();
+        let exporter = match settings.protocol {
+            Protocol::Grpc => {
+                let mut grpc = builder
+                    .with_tonic()
+                    .with_protocol(Protocol::Grpc)
+                    .with_timeout(settings.timeout);
+                if settings.tls {
+                    // tonic trusts no roots unless told to: the OS store, as for HTTP.
+                    grpc = grpc.with_tls_config(ClientTlsConfig::new().with_native_roots());
+                }
+                grpc.build().map_err(bad)?
             }
-        }
-        let body = encode(&batch, &service, &node);
-        batch.clear();
-        if let Err(e) = post(&endpoint, &body).await {
-            tracing::warn!(error = %e, "trace export failed; spans of this batch are lost");
+            _ => builder
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_timeout(settings.timeout)
+                .with_http_client(on_runtime_client(settings.timeout))
+                .build()
+                .map_err(bad)?,
+        };
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource(node))
+            .with_batch_exporter(exporter)
+            .build();
+        let tracer = provider.tracer("herald");
+        Ok(Some(Self { provider, tracer }))
+    }
+
+    /// The `tracing` layer that turns Herald's spans into OpenTelemetry spans. Installing it
+    /// switches [`enabled`] on.
+    pub fn layer<S>(&self) -> OpenTelemetryLayer<S, SdkTracer>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        ENABLED.store(true, Ordering::Relaxed);
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer.clone())
+            .with_tracked_inactivity(false)
+    }
+
+    /// Exports what is still batched (bounded by the exporter timeout) and stops.
+    pub fn shutdown(self) {
+        ENABLED.store(false, Ordering::Relaxed);
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "trace exporter shutdown");
         }
     }
 }
 
-/// One OTLP `ExportTraceServiceRequest` in its JSON mapping (ids in hex, times as strings).
-fn encode(spans: &[FinishedSpan], service: &str, node: &str) -> String {
-    let mut out = String::with_capacity(256 + spans.len() * 400);
-    let _ = write!(
-        out,
-        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{},{}]}},"scopeSpans":[{{"scope":{{"name":"herald","version":"{}"}},"spans":["#,
-        attr("service.name", service),
-        attr("service.instance.id", node),
-        env!("CARGO_PKG_VERSION")
-    );
-    for (i, f) in spans.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let s = &f.span;
-        let _ = write!(
-            out,
-            r#"{{"traceId":"{}","spanId":"{}","name":{},"kind":{},"startTimeUnixNano":"{}","endTimeUnixNano":"{}""#,
-            hex::encode(s.context.trace_id),
-            hex::encode(s.context.span_id),
-            json_string(s.name),
-            s.kind as u8,
-            unix_nanos(s.start),
-            unix_nanos(f.end)
-        );
-        if let Some(p) = s.parent {
-            let _ = write!(out, r#","parentSpanId":"{}""#, hex::encode(p));
-        }
-        out.push_str(r#","attributes":["#);
-        for (j, (k, v)) in s.attributes.iter().enumerate() {
-            if j > 0 {
-                out.push(',');
-            }
-            out.push_str(&attr(k, v));
-        }
-        out.push(']');
-        match &s.error {
-            Some(e) => {
-                let _ = write!(
-                    out,
-                    r#","status":{{"code":2,"message":{}}}"#,
-                    json_string(e)
-                );
-            }
-            None => out.push_str(r#","status":{"code":1}"#),
-        }
-        out.push('}');
+/// `service.name` (`OTEL_SERVICE_NAME`, else `OTEL_RESOURCE_ATTRIBUTES`, else `herald`),
+/// `service.instance.id` (the node id unless `OTEL_RESOURCE_ATTRIBUTES` names one) and the
+/// SDK's own attributes.
+fn resource(node: &str) -> Resource {
+    let detected: Vec<Box<dyn ResourceDetector>> = vec![
+        Box::new(TelemetryResourceDetector),
+        Box::new(EnvResourceDetector::new()),
+    ];
+    let mut builder = Resource::builder_empty()
+        .with_service_name("herald")
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            node.to_owned(),
+        ))
+        .with_detectors(&detected);
+    if let Some(name) = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+    {
+        builder = builder.with_service_name(name.trim().to_owned());
     }
-    out.push_str("]}]}]}");
-    out
+    builder.build()
 }
 
-fn attr(key: &str, value: &str) -> String {
-    format!(
-        r#"{{"key":{},"value":{{"stringValue":{}}}}}"#,
-        json_string(key),
-        json_string(value)
-    )
+/// The HTTP client for OTLP/HTTP: hyper with rustls (ring, the OS trust store), so both
+/// `http://` and `https://` endpoints work without reqwest or a second TLS stack.
+fn on_runtime_client(timeout: Duration) -> OnRuntime {
+    let client: Arc<dyn HttpClient> =
+        match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(b) => Arc::new(HyperClient::new(
+                b.https_or_http().enable_http1().build(),
+                timeout,
+                None,
+            )),
+            Err(e) => {
+                // No readable trust store: http:// still works, https:// fails on each export.
+                tracing::warn!(error = %e, "no TLS root certificates; OTLP over https will fail");
+                Arc::new(HyperClient::with_default_connector(timeout, None))
+            }
+        };
+    OnRuntime {
+        client,
+        runtime: tokio::runtime::Handle::current(),
+    }
 }
 
-fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+/// Runs each request on the tokio runtime: the SDK's batch processor exports from its own
+/// thread, where hyper's connector and timer would find no reactor.
+#[derive(Debug)]
+struct OnRuntime {
+    client: Arc<dyn HttpClient>,
+    runtime: tokio::runtime::Handle,
 }
 
-fn unix_nanos(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+#[async_trait::async_trait]
+impl HttpClient for OnRuntime {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        self.runtime
+            .spawn(async move { client.send_bytes(request).await })
+            .await?
+    }
 }
 
-/// A bare HTTP/1.1 POST; one connection per batch keeps it simple and batches are rare.
-async fn post(endpoint: &OtlpEndpoint, body: &str) -> Result<(), String> {
-    let io = async {
-        let mut s = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-            .await
-            .map_err(|e| format!("connecting to {}:{}: {e}", endpoint.host, endpoint.port))?;
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            endpoint.path,
-            endpoint.host,
-            endpoint.port,
-            body.len()
-        );
-        s.write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(body.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut reply = [0u8; 64];
-        let n = s.read(&mut reply).await.map_err(|e| e.to_string())?;
-        let status = std::str::from_utf8(&reply[..n])
-            .ok()
-            .and_then(|l| l.split(' ').nth(1))
-            .unwrap_or("?")
-            .to_owned();
-        if status.starts_with('2') {
-            Ok(())
-        } else {
-            Err(format!("collector answered {status}"))
-        }
+/// The span `make` builds, as a child of `traceparent` (see [`set_parent`]); with export off,
+/// `make` is not called and the span is `Span::none()`, so a call site costs one atomic load.
+pub fn child_of(traceparent: Option<&str>, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    set_parent(&span, traceparent);
+    span
+}
+
+/// Makes `span` a child of the W3C `traceparent` when it parses; otherwise `span` stays a
+/// root (or a child of the current span).
+pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(tp) = traceparent else {
+        return;
     };
-    tokio::time::timeout(Duration::from_secs(10), io)
-        .await
-        .map_err(|_| "timed out after 10 s".to_owned())?
+    let carrier = HashMap::from([("traceparent".to_owned(), tp.trim().to_owned())]);
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Marks `span` failed with `error` (its fields `otel.status_code` and
+/// `otel.status_description` must be declared, as `Empty`).
+pub fn fail(span: &tracing::Span, error: &dyn std::fmt::Display) {
+    if !span.is_disabled() {
+        span.record("otel.status_code", "error");
+        span.record("otel.status_description", error.to_string());
+    }
+}
+
+/// The `traceparent` a child of `span` should carry; `None` when `span` is not exported.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if span.is_none() {
+        return None;
+    }
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The `trace_id` and `span_id` (hex) of span `id` in `dispatch`, for log lines; `None` when
+/// it is not an exported span. Must not be called while holding that span's extensions.
+pub fn span_ids(id: &tracing::span::Id, dispatch: &tracing::Dispatch) -> Option<(String, String)> {
+    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+    use std::sync::Mutex;
+    use tracing_subscriber::layer::SubscriberExt;
 
     const TP: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
+    fn settings(vars: &[(&str, &str)]) -> Result<Option<ExportSettings>, ConfigError> {
+        ExportSettings::from_lookup(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
     #[test]
-    fn traceparent_round_trips_and_rejects_garbage() {
-        let c = SpanContext::parse(TP).unwrap();
-        assert!(c.sampled);
-        assert_eq!(c.traceparent(), TP);
-        for bad in [
-            "",
-            "00-abc",
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
-            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
-            "00-zzf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        ] {
-            assert_eq!(SpanContext::parse(bad), None, "{bad}");
+    fn export_settings_come_from_the_standard_variables_and_bad_ones_are_named() {
+        assert_eq!(settings(&[]), Ok(None));
+        assert_eq!(settings(&[(ENDPOINT, "  ")]), Ok(None));
+        let s = settings(&[(ENDPOINT, "https://otlp.example:4318")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (s.endpoint_var, s.tls, s.protocol, s.timeout),
+            (
+                ENDPOINT,
+                true,
+                Protocol::HttpBinary,
+                Duration::from_secs(10)
+            )
+        );
+        let s = settings(&[
+            (ENDPOINT, "http://a:4318"),
+            (TRACES_ENDPOINT, "http://b:4317"),
+            (PROTOCOL, "http/protobuf"),
+            (TRACES_PROTOCOL, "GRPC"),
+            (TIMEOUT, "100"),
+            (TRACES_TIMEOUT, "2500"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (s.endpoint_var, s.tls, s.protocol, s.timeout),
+            (
+                TRACES_ENDPOINT,
+                false,
+                Protocol::Grpc,
+                Duration::from_millis(2500)
+            )
+        );
+        let e = settings(&[(ENDPOINT, "http://a:4318"), (PROTOCOL, "http/json")]).unwrap_err();
+        assert_eq!(e.var, PROTOCOL);
+        assert!(e.to_string().contains("http/json"), "{e}");
+        let e = settings(&[(ENDPOINT, "http://a:4318"), (TIMEOUT, "10s")]).unwrap_err();
+        assert_eq!(e.var, TIMEOUT);
+        let e = settings(&[(ENDPOINT, "http://a:4318"), (COMPRESSION, "gzip")]).unwrap_err();
+        assert_eq!(e.var, COMPRESSION);
+        assert!(settings(&[(ENDPOINT, "http://a:4318"), (COMPRESSION, "none")]).is_ok());
+    }
+
+    /// Keeps every ended span, so a test can look at parents.
+    #[derive(Debug, Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Kept {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
         }
+    }
+
+    fn with_tracing(f: impl FnOnce()) -> Vec<SpanData> {
+        let kept = Kept::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(kept.clone())
+            .build();
+        let t = Tracing {
+            tracer: provider.tracer("test"),
+            provider,
+        };
+        let subscriber = tracing_subscriber::registry().with(t.layer());
+        tracing::subscriber::with_default(subscriber, f);
+        t.shutdown();
+        let spans = kept.0.lock().unwrap().clone();
+        spans
     }
 
     #[test]
     fn a_child_keeps_the_trace_and_points_at_its_parent() {
-        let child = Span::start("herald.consume", SpanKind::Consumer, Some(TP));
-        let parent = SpanContext::parse(TP).unwrap();
-        assert_eq!(child.context().trace_id, parent.trace_id);
-        assert_eq!(child.parent, Some(parent.span_id));
-        assert_ne!(child.context().span_id, parent.span_id);
-        let grandchild = Span::start(
-            "herald.deliver",
-            SpanKind::Consumer,
-            Some(&child.traceparent()),
+        let mut carried = String::new();
+        let spans = with_tracing(|| {
+            let consume = tracing::info_span!("herald.consume");
+            set_parent(&consume, Some(TP));
+            carried = traceparent(&consume).unwrap();
+            let deliver = tracing::info_span!(parent: None, "herald.deliver");
+            set_parent(&deliver, Some(&carried));
+            drop(deliver);
+            drop(consume);
+        });
+        assert!(carried.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+        assert!(carried.ends_with("-01"), "sampled: {carried}");
+        let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap();
+        let (consume, deliver) = (by_name("herald.consume"), by_name("herald.deliver"));
+        let trace = consume.span_context.trace_id().to_string();
+        assert_eq!(trace, "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(consume.parent_span_id.to_string(), "b7ad6b7169203331");
+        assert_eq!(deliver.span_context.trace_id().to_string(), trace);
+        assert_eq!(deliver.parent_span_id, consume.span_context.span_id());
+        assert_eq!(
+            carried,
+            format!("00-{trace}-{}-01", consume.span_context.span_id())
         );
-        assert_eq!(grandchild.context().trace_id, parent.trace_id);
-        assert_eq!(grandchild.parent, Some(child.context().span_id));
     }
 
     #[test]
     fn no_parent_or_a_bad_one_starts_a_new_trace() {
-        let a = Span::start("x", SpanKind::Internal, None);
-        let b = Span::start("x", SpanKind::Internal, Some("nonsense"));
-        assert_eq!(a.parent, None);
-        assert_eq!(b.parent, None);
-        assert_ne!(a.context().trace_id, b.context().trace_id);
+        let spans = with_tracing(|| {
+            for tp in [None, Some("nonsense"), Some("00-abc")] {
+                let s = tracing::info_span!(parent: None, "x");
+                set_parent(&s, tp);
+                assert!(traceparent(&s).is_some());
+            }
+        });
+        assert_eq!(spans.len(), 3);
+        for s in &spans {
+            assert_eq!(s.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+        }
+        assert_ne!(
+            spans[0].span_context.trace_id(),
+            spans[1].span_context.trace_id()
+        );
     }
 
     #[test]
-    fn endpoints_parse_and_refuse_what_cannot_be_served() {
-        let e = OtlpEndpoint::parse(Some("http://collector:4318"), None)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.port, e.path.as_str()),
-            ("collector", 4318, "/v1/traces")
-        );
-        let e = OtlpEndpoint::parse(Some("http://c:4318/otlp/"), None)
-            .unwrap()
-            .unwrap();
-        assert_eq!(e.path, "/otlp/v1/traces");
-        let e = OtlpEndpoint::parse(Some("http://ignored:1"), Some("http://t:9/x"))
-            .unwrap()
-            .unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("t", 9, "/x"));
-        assert_eq!(OtlpEndpoint::parse(None, None), Ok(None));
-        assert_eq!(OtlpEndpoint::parse(Some("  "), None), Ok(None));
-        assert!(
-            OtlpEndpoint::parse(Some("https://c:4318"), None)
-                .unwrap_err()
-                .contains("only http://")
-        );
-        assert!(OtlpEndpoint::parse(Some("http://c:port"), None).is_err());
-        assert!(OtlpEndpoint::parse(Some("http://:4318"), None).is_err());
-    }
-
-    #[test]
-    fn the_export_body_is_otlp_json() {
-        let mut s = Span::start("herald.publish", SpanKind::Producer, Some(TP));
-        s.set("herald.event_id", "e\"1");
-        let f = FinishedSpan {
-            span: s,
-            end: SystemTime::now(),
-        };
-        let body = encode(std::slice::from_ref(&f), "herald", "node-1");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let span = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
-        assert_eq!(span["traceId"], "0af7651916cd43dd8448eb211c80319c");
-        assert_eq!(span["parentSpanId"], "b7ad6b7169203331");
-        assert_eq!(span["name"], "herald.publish");
-        assert_eq!(span["kind"], 4);
-        assert_eq!(span["attributes"][0]["value"]["stringValue"], "e\"1");
-        assert_eq!(
-            v["resourceSpans"][0]["resource"]["attributes"][1]["value"]["stringValue"],
-            "node-1"
-        );
+    fn a_span_that_is_not_exported_carries_nothing() {
+        assert_eq!(traceparent(&tracing::Span::none()), None);
     }
 }

@@ -49,7 +49,6 @@ impl Consumer {
                 Ok(p) => {
                     self.stats.processed.fetch_add(1, Ordering::Relaxed);
                     metrics().consumed.with(p.event_type).inc();
-                    tracing::debug!(event_id = %p.event_id, event_type = p.event_type, key_id = p.key_id.map(|k| k.get()), published = p.published, alerts = p.alerts, "processed");
                     return Ok(Handled::Done(delivery.delivery_tag, delivery.acker));
                 }
                 Err(Failure::Rejected(reason)) => {
