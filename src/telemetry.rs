@@ -61,7 +61,11 @@ pub fn init(format: LogFormat, node: &str, export: bool) -> Result<Option<Tracin
 fn log_layer(format: LogFormat, node: &str, dispatch: Arc<OnceLock<WeakDispatch>>) -> Boxed {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour codes only on a terminal: logs redirected to a file or a collector stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => Box::new(
             fmt.event_format(JsonLine {
