@@ -397,8 +397,7 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(t.layer());
         tracing::subscriber::with_default(subscriber, f);
         t.shutdown();
-        let spans = kept.0.lock().unwrap().clone();
-        spans
+        kept.0.lock().unwrap().clone()
     }
 
     #[test]
