@@ -8,6 +8,7 @@ use crate::ids::KeyId;
 use crate::invalid::Invalid;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+use std::sync::LazyLock;
 
 /// Which publisher family a task event comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,11 +190,23 @@ impl Outbound {
     }
 
     /// The task family and phase of a task event.
+    /// The gateway asks this for every task event on every connection of a task hub, so it is
+    /// a lookup in a table derived once from [`INBOUND`], indexed by the variant.
     pub fn task(self) -> Option<(TaskFamily, TaskPhase)> {
-        INBOUND.iter().find_map(|t| match t.kind {
-            InboundType::Task(family, phase) if t.name == self.name() => Some((family, phase)),
-            _ => None,
-        })
+        static TASKS: LazyLock<Vec<Option<(TaskFamily, TaskPhase)>>> = LazyLock::new(|| {
+            Outbound::ALL
+                .iter()
+                .map(|o| {
+                    INBOUND.iter().find_map(|t| match t.kind {
+                        InboundType::Task(family, phase) if t.name == o.name() => {
+                            Some((family, phase))
+                        }
+                        _ => None,
+                    })
+                })
+                .collect()
+        });
+        TASKS.get(self as usize).copied().flatten()
     }
 
     /// Events on a key's own stream after which its connections re-check the key (it may have
@@ -454,6 +467,13 @@ mod tests {
             inbound("modelcapabilitiesdiscovered").map(|t| t.name),
             Some("ModelsDiscovered")
         );
+    }
+
+    #[test]
+    fn all_lists_the_variants_in_declaration_order() {
+        for (i, o) in Outbound::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o}");
+        }
     }
 
     #[test]
