@@ -12,7 +12,7 @@ use herald_domain::budget::SpendFacts;
 use herald_domain::key_change::VirtualKeyChanged;
 use herald_domain::task::{TaskEvent, TaskState};
 use herald_domain::thresholds::Thresholds;
-use herald_domain::vocabulary::{ChangeAction, Navigation, Reach};
+use herald_domain::vocabulary::{AudienceSet, ChangeAction, Navigation, Reach};
 use herald_domain::{
     Audience, EventId, InboundEvent, InboundKind, Invalid, KeyId, KeyRef, Outbound, OutboundEvent,
     SpendUpdated, VirtualKey,
@@ -96,7 +96,7 @@ pub struct Processed {
 
 #[derive(Clone)]
 pub struct Pipeline {
-    inner: Arc<Parts>,
+    parts: Arc<Parts>,
 }
 
 struct Parts {
@@ -108,7 +108,7 @@ struct Parts {
 impl Pipeline {
     pub fn new(config: PipelineConfig, store: SharedStore, backplane: SharedBackplane) -> Self {
         Self {
-            inner: Arc::new(Parts {
+            parts: Arc::new(Parts {
                 config,
                 store,
                 backplane,
@@ -171,7 +171,7 @@ impl Pipeline {
         });
         let started = Instant::now();
         let result = self
-            .inner
+            .parts
             .backplane
             .publish(audiences, event)
             .instrument(span.clone())
@@ -233,20 +233,20 @@ impl Pipeline {
     }
 
     /// Where `event`, produced by `ev`, goes: the vocabulary says, for the key `owner`.
-    fn audiences(ev: &InboundEvent, event: &OutboundEvent, owner: Option<KeyId>) -> Vec<Audience> {
+    fn audiences(ev: &InboundEvent, event: &OutboundEvent, owner: Option<KeyId>) -> AudienceSet {
         let reach = ev.kind.spec().reach(event.name).unwrap_or(Reach::AdminOnly);
-        reach.audiences(owner).as_slice().to_vec()
+        reach.audiences(owner)
     }
 
     /// A task event goes to its owner's key only: the owner is named by the event or learnt
     /// by the task registry from an earlier event of the same task. An event whose owner is
     /// unknown is refused (dead-lettered with the reason), never sent to anyone else.
     async fn task_event(&self, ev: &InboundEvent, t: &TaskEvent) -> Result<Processed, Failure> {
-        let backplane = &self.inner.backplane;
+        let backplane = &self.parts.backplane;
         let previous = backplane.task(&t.task_id).await?;
         let owner = match &t.key {
             Some(KeyRef::Id(id)) => *id,
-            Some(KeyRef::Hash(h)) => match self.inner.store.key_by_hash(h).await? {
+            Some(KeyRef::Hash(h)) => match self.parts.store.key_by_hash(h).await? {
                 Some(k) => k.id,
                 None => return Err(Failure::Rejected(Invalid::new("unknown key hash"))),
             },
@@ -280,7 +280,8 @@ impl Pipeline {
         events: &[OutboundEvent],
     ) -> Result<Processed, Failure> {
         for e in events {
-            self.publish(&Self::audiences(ev, e, key_id), e).await?;
+            self.publish(Self::audiences(ev, e, key_id).as_slice(), e)
+                .await?;
         }
         Ok(Processed {
             event_id: ev.id.clone(),
@@ -298,7 +299,7 @@ impl Pipeline {
         ev: &InboundEvent,
         k: &VirtualKeyChanged,
     ) -> Result<Processed, Failure> {
-        let store = &self.inner.store;
+        let store = &self.parts.store;
         match k.action {
             ChangeAction::Deleted => {
                 store.delete_key(k.key_id).await?;
@@ -363,7 +364,7 @@ impl Pipeline {
         ev: &InboundEvent,
         s: &SpendUpdated,
     ) -> Result<Processed, Failure> {
-        let store = &self.inner.store;
+        let store = &self.parts.store;
         // A key named by hash is looked up first (rare); by id, the store does the lookup,
         // the total and the budget in one call.
         let key_id = match &s.key {
@@ -383,14 +384,17 @@ impl Pipeline {
             period_start: s.period_start,
         };
         let outcome = store
-            .observe_spend(&facts, &self.inner.config.thresholds)
+            .observe_spend(&facts, &self.parts.config.thresholds)
             .await?;
         let budget = facts.budget(outcome.key.as_ref());
         let pending = outcome.pending;
 
         let update = OutboundEvent::spend_update(ev, s, key_id, budget);
-        self.publish(&Self::audiences(ev, &update, Some(key_id)), &update)
-            .await?;
+        self.publish(
+            Self::audiences(ev, &update, Some(key_id)).as_slice(),
+            &update,
+        )
+        .await?;
         let mut alerts = 0;
         for alert in pending {
             let mut event = alert.event;
@@ -399,7 +403,7 @@ impl Pipeline {
             }
             // Alerts belong to the key they name (pending may hold an earlier, unconfirmed one).
             let owner = event.key_id.or(Some(key_id));
-            self.publish(&Self::audiences(ev, &event, owner), &event)
+            self.publish(Self::audiences(ev, &event, owner).as_slice(), &event)
                 .await?;
             store.mark_alert_published(&event.event_id).await?;
             metrics()
