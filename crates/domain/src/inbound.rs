@@ -7,7 +7,7 @@ use crate::key_change::VirtualKeyChanged;
 use crate::money::{self, MAX_AMOUNT, MAX_TOTAL};
 use crate::provider::{ModelMappingChanged, ModelsDiscovered, ProviderHealth};
 use crate::task::TaskEvent;
-use crate::vocabulary::{self, InboundSpec, InboundType, Outbound};
+use crate::vocabulary::{self, InboundSpec, InboundType};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -45,11 +45,7 @@ impl InboundKind {
                 Self::SpendUpdated(SpendUpdated::parse(&Fields::of(body)?)?)
             }
             InboundType::Task(family, phase) => {
-                let event = spec
-                    .produces
-                    .first()
-                    .map_or(Outbound::TaskProgress, |p| p.0);
-                Self::Task(TaskEvent::parse(event, family, phase, body)?)
+                Self::Task(TaskEvent::parse(spec.own_event(), family, phase, body)?)
             }
             InboundType::ProviderHealthChanged => {
                 Self::ProviderHealthChanged(ProviderHealth::parse(body)?)

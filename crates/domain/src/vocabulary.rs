@@ -314,6 +314,14 @@ impl InboundSpec {
         std::iter::once(self.name).chain(self.aliases.iter().copied())
     }
 
+    /// The first event it produces: the one that carries its own payload (task events and key
+    /// changes keep their inbound name). Every entry produces one; a test checks it.
+    pub fn own_event(&self) -> Outbound {
+        self.produces
+            .first()
+            .map_or(Outbound::NavigationStateUpdated, |p| p.0)
+    }
+
     /// Where `event` goes when this type produces it.
     pub fn reach(&self, event: Outbound) -> Option<Reach> {
         self.produces
@@ -467,6 +475,16 @@ mod tests {
             inbound("modelcapabilitiesdiscovered").map(|t| t.name),
             Some("ModelsDiscovered")
         );
+    }
+
+    #[test]
+    fn every_inbound_type_produces_its_own_event_first() {
+        for t in INBOUND {
+            assert!(!t.produces.is_empty(), "{} produces nothing", t.name);
+            if matches!(t.kind, InboundType::Task(..) | InboundType::VirtualKey(_)) {
+                assert_eq!(t.own_event().name(), t.name);
+            }
+        }
     }
 
     #[test]

@@ -345,15 +345,10 @@ impl Pipeline {
                 }
             }
         }
-        let spec = ev.kind.spec();
         // The key's own event; navigation goes to admins only (other keys must not learn
         // about this key): the vocabulary's reach for each.
-        let own = spec
-            .produces
-            .first()
-            .map_or(Outbound::VirtualKeyUpdated, |p| p.0);
         let events = [
-            OutboundEvent::with_fields(ev, own, Some(k.key_id), &k.fields),
+            OutboundEvent::with_fields(ev, ev.kind.spec().own_event(), Some(k.key_id), &k.fields),
             OutboundEvent::navigation(ev, Navigation::VirtualKey, k.action, &k.fields),
         ];
         self.publish_all(ev, Some(k.key_id), &events).await
