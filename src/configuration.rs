@@ -5,12 +5,13 @@
 //! Secrets are not clap arguments: they are read from the environment only ([`ENV_ONLY`]), so
 //! they never show in process listings, in `--help` or in `Debug` output.
 use crate::values::{
-    Exchanges, amqp_url, boolean, drain_window, exchanges, history_maxlen, history_ttl, hostname,
-    listen_address, node_id, postgres_url, prefetch, queue_name, redis_prefix, redis_url,
-    thresholds, without_userinfo,
+    Exchanges, allowed_origins, amqp_url, boolean, drain_window, exchanges, history_maxlen,
+    history_ttl, hostname, listen_address, long_poll_timeout, node_id, postgres_url, prefetch,
+    queue_name, redis_prefix, redis_url, thresholds, without_userinfo,
 };
 use clap::{Arg, Args, FromArgMatches};
 use herald_domain::thresholds::Thresholds;
+use herald_gateway::AllowedOrigins;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -171,6 +172,21 @@ pub struct GatewayArgs {
     /// window, then the process exits 0.
     #[arg(long, env = "HERALD_DRAIN_WINDOW", value_name = "DURATION", default_value = "10s", value_parser = drain_window)]
     pub drain_window: Duration,
+    /// Web pages allowed to use the hubs from a browser: exact origins, or `*` for any.
+    ///
+    /// A comma list such as `https://app.example.com,http://localhost:3000` (scheme, host and
+    /// port; no path). Unset, `standalone` allows any origin (local development) and `serve`
+    /// allows none, which it says at start-up. A page on another origin gets 403 with the
+    /// reason; same-origin pages and clients that send no `Origin` (SDKs, servers) are not
+    /// affected. Applies to negotiate, every transport and the WebSocket upgrade.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_name = "LIST", value_parser = allowed_origins)]
+    pub allowed_origins: Option<AllowedOrigins>,
+    /// How long a long poll waits for something to deliver, 1s to 300s.
+    ///
+    /// Then it is answered empty and the client polls again; keep it below the idle timeout of
+    /// every proxy in between (often 60s).
+    #[arg(long, env = "HERALD_LONG_POLL_TIMEOUT", value_name = "DURATION", default_value = "20s", value_parser = long_poll_timeout)]
+    pub long_poll_timeout: Duration,
 }
 
 // ---- Read from the environment only ------------------------------------------------------------
@@ -285,6 +301,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// On SIGTERM, connections are closed (allowReconnect) spread over this window.
     pub drain_window: Duration,
+    /// Unset: the role's default (standalone any, serve none).
+    pub allowed_origins: Option<AllowedOrigins>,
+    pub long_poll_timeout: Duration,
 }
 
 /// URLs may carry passwords: `Debug` shows them without.
@@ -309,6 +328,8 @@ impl std::fmt::Debug for Settings {
             .field("migrate", &self.migrate)
             .field("log_format", &self.log_format)
             .field("drain_window", &self.drain_window)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("long_poll_timeout", &self.long_poll_timeout)
             .finish()
     }
 }
@@ -374,6 +395,8 @@ impl Settings {
             migrate: node.migrate,
             log_format: log.log_format,
             drain_window: gateway.drain_window,
+            allowed_origins: gateway.allowed_origins,
+            long_poll_timeout: gateway.long_poll_timeout,
         })
     }
 }

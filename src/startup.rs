@@ -6,7 +6,7 @@ use herald_backplane::{
     BackplaneError, MemoryBackplane, RedisBackplane, RedisConfig, SharedBackplane,
 };
 use herald_domain::{KeyId, RawKey, VirtualKey};
-use herald_gateway::{Gateway, GatewayConfig};
+use herald_gateway::{AllowedOrigins, Gateway, GatewayConfig};
 use herald_ingest::amqp::{self, AmqpConfig};
 use herald_ingest::{Pipeline, PipelineConfig};
 use herald_store::{MemoryStore, PostgresStore, SharedStore, StoreError};
@@ -18,6 +18,22 @@ use std::sync::atomic::AtomicBool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// `HERALD_ALLOWED_ORIGINS`, or the role's default: any origin for `standalone` (local
+/// development), none for `serve` until configured, said in the log.
+fn allowed_origins(role: Role, settings: &Settings) -> AllowedOrigins {
+    match (&settings.allowed_origins, role) {
+        (Some(o), _) => o.clone(),
+        (None, Role::Standalone) => AllowedOrigins::Any,
+        (None, _) => {
+            tracing::info!(
+                "HERALD_ALLOWED_ORIGINS is not set: browser pages on other origins are refused \
+                 (same-origin pages, SDKs and servers are not affected)"
+            );
+            AllowedOrigins::None
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -184,6 +200,8 @@ impl Application {
                 master_key: settings.master_key.as_ref().map(|k| k.expose().to_owned()),
                 token_secret: token_secret(&settings),
                 drain_window: settings.drain_window,
+                allowed_origins: allowed_origins(role, &settings),
+                long_poll_timeout: settings.long_poll_timeout,
                 ..GatewayConfig::default()
             };
             let g = Gateway::new(config, store.clone(), backplane.clone());

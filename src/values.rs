@@ -115,6 +115,19 @@ pub(crate) fn drain_window(v: &str) -> Result<Duration, String> {
     parse_duration(v).ok_or_else(|| format!("expected a duration such as 10s or 0, got {v:?}"))
 }
 
+pub(crate) fn allowed_origins(v: &str) -> Result<herald_gateway::AllowedOrigins, String> {
+    herald_gateway::AllowedOrigins::parse(v)
+}
+
+pub(crate) fn long_poll_timeout(v: &str) -> Result<Duration, String> {
+    match parse_duration(v) {
+        Some(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(300) => Ok(d),
+        _ => Err(format!(
+            "expected a duration from 1s to 300s such as 20s, got {v:?}"
+        )),
+    }
+}
+
 pub(crate) fn redis_prefix(v: &str) -> Result<String, String> {
     let v = v.trim();
     if v.is_empty() || v.contains(['{', '}', ' ']) {

@@ -132,7 +132,8 @@ export class Fixture {
     for (const c of this.connections) await c.stop().catch(() => {});
     for (const p of this.procs.reverse()) {
       p.kill("SIGTERM");
-      await new Promise((r) => (p.exitCode !== null ? r() : p.once("exit", r)));
+      // A process a test killed has a signalCode and no exitCode; its "exit" already fired.
+      await new Promise((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once("exit", r)));
     }
     for (const db of this.databases) psql(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
     // This fixture's queues would otherwise pile up in RabbitMQ (and keep receiving whatever is

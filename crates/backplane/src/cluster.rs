@@ -45,6 +45,8 @@ use tokio::task::JoinHandle;
 #[derive(Clone)]
 pub(crate) struct ClusterTarget {
     nodes: Vec<ConnectionInfo>,
+    /// The first node given, alone: node-to-node relay messages go through it.
+    first: redis::Client,
 }
 
 impl ClusterTarget {
@@ -85,12 +87,25 @@ impl ClusterTarget {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let target = Self { nodes };
+        let first = nodes
+            .first()
+            .cloned()
+            .ok_or_else(|| unavailable("invalid Redis Cluster URL: no node given"))
+            .and_then(|n| {
+                redis::Client::open(n)
+                    .map_err(|e| unavailable(format!("invalid Redis Cluster URL: {e}")))
+            })?;
+        let target = Self { nodes, first };
         target
             .builder()
             .build()
             .map_err(|e| unavailable(format!("invalid Redis Cluster URL: {e}")))?;
         Ok(Some(target))
+    }
+
+    /// A plain client to the first node given.
+    pub(crate) fn first_node_client(&self) -> redis::Client {
+        self.first.clone()
     }
 
     fn builder(&self) -> ClusterClientBuilder {

@@ -13,6 +13,16 @@ pub(crate) enum Target {
     Cluster(ClusterTarget),
 }
 
+impl Target {
+    /// The one server node-to-node relay messages go through (crate::relay).
+    pub(crate) fn relay_client(&self) -> redis::Client {
+        match self {
+            Target::Single(c) => c.clone(),
+            Target::Cluster(c) => c.first_node_client(),
+        }
+    }
+}
+
 /// A command connection to either kind of target. Both reconnect by themselves.
 #[derive(Clone)]
 pub(crate) enum Conn {

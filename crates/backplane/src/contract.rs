@@ -2,11 +2,13 @@
 use crate::delivery::Delivery;
 use crate::mailbox::Mailbox;
 use crate::position::Position;
+use crate::relay::RelayInbox;
 use crate::router::Subscription;
 use async_trait::async_trait;
 use herald_domain::task::TaskState;
 use herald_domain::{Audience, Cause, OutboundEvent};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackplaneError {
@@ -68,6 +70,17 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// The task's latest known state, if it is still remembered.
     async fn task(&self, task_id: &str) -> Result<Option<TaskState>, BackplaneError>;
+
+    /// Listens on `name` for messages any node sends with [`Backplane::relay_send`]. Returns
+    /// once listening is active; dropping the inbox stops it.
+    async fn relay_listen(&self, name: &str) -> Result<RelayInbox, BackplaneError>;
+
+    /// Sends `payload` to the node listening on `name`: `Ok(false)` when no node listens (or
+    /// its inbox is full). Nothing is kept for a listener that comes later.
+    async fn relay_send(&self, name: &str, payload: Vec<u8>) -> Result<bool, BackplaneError>;
+
+    /// Takes `name` for `ttl` across all nodes: true for the first caller only.
+    async fn relay_claim(&self, name: &str, ttl: Duration) -> Result<bool, BackplaneError>;
 }
 
 /// How long the task registry remembers a task after its last event.

@@ -16,6 +16,7 @@ mod mailbox;
 mod memory;
 mod position;
 mod redis;
+mod relay;
 mod router;
 mod script;
 mod streams;
@@ -27,6 +28,7 @@ pub use mailbox::{Mailbox, MailboxReceiver, Received};
 pub use memory::MemoryBackplane;
 pub use position::Position;
 pub use redis::{RedisBackplane, RedisConfig};
+pub use relay::RelayInbox;
 pub use router::Subscription;
 #[cfg(feature = "bench")]
 pub use script::history_script_for_plain_subscribers;

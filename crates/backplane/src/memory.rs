@@ -4,6 +4,7 @@ use crate::contract::{Backplane, BackplaneError, History};
 use crate::delivery::Delivery;
 use crate::mailbox::Mailbox;
 use crate::position::Position;
+use crate::relay::{LocalRelay, RelayInbox};
 use crate::router::Router;
 use crate::router::Subscription;
 use async_trait::async_trait;
@@ -11,12 +12,14 @@ use herald_domain::task::TaskState;
 use herald_domain::{Audience, EventId, OutboundEvent};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 pub struct MemoryBackplane {
     router: Arc<Router>,
     streams: Mutex<HashMap<Audience, Stream>>,
     tasks: Mutex<HashMap<String, TaskState>>,
     max_len: usize,
+    relay: LocalRelay,
 }
 
 #[derive(Default)]
@@ -36,6 +39,7 @@ impl MemoryBackplane {
             streams: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             max_len: max_len.max(1),
+            relay: LocalRelay::default(),
         }
     }
 
@@ -124,6 +128,18 @@ impl Backplane for MemoryBackplane {
 
     async fn ping(&self) -> Result<(), BackplaneError> {
         Ok(())
+    }
+
+    async fn relay_listen(&self, name: &str) -> Result<RelayInbox, BackplaneError> {
+        Ok(self.relay.listen(name))
+    }
+
+    async fn relay_send(&self, name: &str, payload: Vec<u8>) -> Result<bool, BackplaneError> {
+        Ok(self.relay.send(name, payload))
+    }
+
+    async fn relay_claim(&self, name: &str, ttl: Duration) -> Result<bool, BackplaneError> {
+        Ok(self.relay.claim(name, ttl))
     }
 
     async fn record_task(&self, state: &TaskState) -> Result<(), BackplaneError> {

@@ -18,6 +18,7 @@ use crate::entries::parse_entry;
 use crate::keys::RedisKeys;
 use crate::mailbox::Mailbox;
 use crate::position::Position;
+use crate::relay::{RedisRelay, RelayInbox};
 use crate::router::{Router, Subscription};
 use crate::script::{PUBLISH_SCRIPT, TASK_SCRIPT, cluster_publish_script};
 use crate::streams::Streams;
@@ -97,6 +98,7 @@ pub struct RedisBackplane {
     conn: Mutex<Option<Checked>>,
     router: Arc<Router>,
     commands: mpsc::UnboundedSender<SubscriberCommand>,
+    relay: RedisRelay,
 }
 
 impl RedisConfig {
@@ -168,6 +170,11 @@ impl RedisBackplane {
                 conn: Mutex::new(None),
                 router: router.clone(),
                 commands: tx,
+                relay: RedisRelay::start(
+                    target.relay_client(),
+                    &config.prefix,
+                    config.probe_interval,
+                ),
             }
         });
         match target {
@@ -411,6 +418,29 @@ impl Backplane for RedisBackplane {
         let mut conn = self.conn().await?;
         let _: String = conn.ping().await.map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn relay_listen(&self, name: &str) -> Result<RelayInbox, BackplaneError> {
+        self.relay.listen(name).await
+    }
+
+    async fn relay_send(&self, name: &str, payload: Vec<u8>) -> Result<bool, BackplaneError> {
+        self.relay.send(name, payload).await
+    }
+
+    async fn relay_claim(&self, name: &str, ttl: Duration) -> Result<bool, BackplaneError> {
+        let mut conn = self.conn().await?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.names.claim(name))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(set.is_some())
     }
 
     async fn record_task(&self, state: &TaskState) -> Result<(), BackplaneError> {

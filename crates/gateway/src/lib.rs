@@ -1,5 +1,6 @@
-//! The gateway (docs/protocol.md): ASP.NET Core SignalR JSON hub protocol over WebSocket for the
-//! stock `@microsoft/signalr` clients. Negotiate hands out signed connection tokens (no state
+//! The gateway (docs/protocol.md): ASP.NET Core SignalR JSON hub protocol over WebSockets,
+//! Server-Sent Events and long polling for the stock `@microsoft/signalr` clients, with CORS for
+//! pages on other origins. Negotiate hands out signed connection tokens (no state
 //! per negotiate, so any node accepts them); each connection is one task that subscribes its
 //! audiences on the backplane, replays history from a resume cursor, and forwards live events.
 //!
@@ -30,9 +31,13 @@ pub mod auth;
 pub mod cursor;
 pub mod hubs;
 mod node;
+mod origins;
 pub mod protocol;
 mod routes;
 mod session;
 pub mod token;
+mod transports;
+mod wire;
 
 pub use node::{Gateway, GatewayConfig};
+pub use origins::AllowedOrigins;

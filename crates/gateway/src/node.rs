@@ -1,4 +1,6 @@
 //! One gateway node: its settings and the state its connections share.
+use crate::origins::AllowedOrigins;
+use crate::transports::HeldConnections;
 use herald_backplane::SharedBackplane;
 use herald_store::SharedStore;
 use rand::RngCore;
@@ -33,6 +35,11 @@ pub struct GatewayConfig {
     /// On shutdown, each connection is closed (with `allowReconnect`) after a random delay
     /// within this window, so clients do not all reconnect at the same moment.
     pub drain_window: Duration,
+    /// Pages (origins) allowed to use the hubs from a browser.
+    pub allowed_origins: AllowedOrigins,
+    /// A long poll with nothing to deliver is answered (empty) after this long, below the idle
+    /// timeouts of common proxies (60 s).
+    pub long_poll_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -50,6 +57,8 @@ impl Default for GatewayConfig {
             connection_token_ttl: Duration::from_secs(300),
             history_page: 200,
             drain_window: Duration::from_secs(10),
+            allowed_origins: AllowedOrigins::None,
+            long_poll_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -70,6 +79,9 @@ impl std::fmt::Debug for GatewayConfig {
             .field("outbound_queue_bytes", &self.outbound_queue_bytes)
             .field("connection_token_ttl", &self.connection_token_ttl)
             .field("history_page", &self.history_page)
+            .field("drain_window", &self.drain_window)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("long_poll_timeout", &self.long_poll_timeout)
             .finish()
     }
 }
@@ -91,6 +103,8 @@ pub(crate) struct NodeState {
     pub(crate) connections: AtomicUsize,
     /// Notified whenever the last open connection closes.
     pub(crate) idle: tokio::sync::Notify,
+    /// Server-Sent Events and long-polling connections whose session runs on this node.
+    pub(crate) held: Arc<HeldConnections>,
 }
 
 impl NodeState {
@@ -121,6 +135,7 @@ impl Gateway {
         config.keepalive_interval = config.keepalive_interval.max(Duration::from_millis(10));
         config.client_timeout = config.client_timeout.max(Duration::from_millis(10));
         config.history_page = config.history_page.max(1);
+        config.long_poll_timeout = config.long_poll_timeout.max(Duration::from_millis(10));
         let (shutdown, _) = watch::channel(false);
         Gateway {
             inner: Arc::new(NodeState {
@@ -131,6 +146,7 @@ impl Gateway {
                 drain: tokio::sync::Notify::new(),
                 connections: AtomicUsize::new(0),
                 idle: tokio::sync::Notify::new(),
+                held: Arc::default(),
             }),
         }
     }
@@ -142,7 +158,7 @@ impl Gateway {
         self.inner.drain.notify_waiters();
     }
 
-    /// Open WebSocket connections on this node.
+    /// Open connections on this node (every transport).
     pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::Relaxed)
     }

@@ -5,8 +5,11 @@ use crate::auth::{AuthError, Principal, authenticate, query_param};
 use crate::cursor::Cursor;
 use crate::hubs::{self, Hub};
 use crate::node::{Gateway, NodeState};
+use crate::origins;
 use crate::session::{self, Setup};
 use crate::token::{self, ConnectionToken};
+use crate::transports;
+use crate::wire::Wire;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -31,17 +34,24 @@ const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 4 * 1024;
 
 impl Gateway {
-    /// `POST /hubs/{hub}/negotiate` and `GET /hubs/{hub}` (WebSocket), state applied.
+    /// `POST /hubs/{hub}/negotiate` and `/hubs/{hub}` (WebSocket, Server-Sent Events, long
+    /// polling), state applied, behind the allowed-origins check and CORS.
     pub fn router(&self) -> Router {
         router(self.inner.clone())
     }
 }
 
 fn router(inner: Arc<NodeState>) -> Router {
+    let origins = Arc::new(inner.config.allowed_origins.clone());
     Router::new()
         .route("/hubs/{hub}/negotiate", post(negotiate))
-        .route("/hubs/{hub}", get(connect))
+        .route("/hubs/{hub}", get(connect).post(send).delete(disconnect))
         .with_state(inner)
+        .layer(axum::middleware::from_fn_with_state(
+            origins,
+            origins::guard,
+        ))
+        .layer(origins::cors())
 }
 
 fn refuse(status: StatusCode, text: &str) -> Response {
@@ -61,7 +71,7 @@ fn refuse(status: StatusCode, text: &str) -> Response {
     r
 }
 
-fn new_connection_id() -> String {
+pub(crate) fn new_connection_id() -> String {
     let mut id = [0u8; 16];
     rand::rng().fill_bytes(&mut id);
     URL_SAFE_NO_PAD.encode(id)
@@ -79,7 +89,11 @@ async fn admit(
     query: Option<&str>,
 ) -> Result<(&'static Hub, Principal, Option<Cursor>), Response> {
     let hub = hubs::find(route).ok_or_else(|| refuse(StatusCode::NOT_FOUND, "unknown hub"))?;
-    if *gw.shutdown.borrow() {
+    // Requests of a connection that is already open (`?id=` with a non-WebSocket request)
+    // are still served while the node drains; new connections are not.
+    let existing = query.and_then(|q| query_param(q, "id")).is_some()
+        && !headers.contains_key(header::UPGRADE);
+    if *gw.shutdown.borrow() && !existing {
         return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
     let principal = authenticate(
@@ -139,7 +153,12 @@ async fn negotiate(
         .and_then(|q| query_param(q, "negotiateVersion"))
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(0);
-    let transports = json!([{"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}]);
+    // Server-Sent Events carry text only (the transport protocol says so).
+    let transports = json!([
+        {"transport": "WebSockets", "transferFormats": ["Text", "Binary"]},
+        {"transport": "ServerSentEvents", "transferFormats": ["Text"]},
+        {"transport": "LongPolling", "transferFormats": ["Text", "Binary"]},
+    ]);
     let body = if version >= 1 {
         json!({
             "negotiateVersion": 1,
@@ -149,11 +168,32 @@ async fn negotiate(
         })
     } else {
         // Version 0: the client sends `id=<connectionId>`, so the id is the token.
-        json!({"connectionId": token, "availableTransports": transports})
+        json!({"connectionId": token, "negotiateVersion": 0, "availableTransports": transports})
     };
     Json(body).into_response()
 }
 
+/// Checks `?id=` (a connection token from negotiate): ours, current, for this hub and caller.
+/// The refusal is the response itself, as in [`admit`]; it is built once per refused request.
+#[allow(clippy::result_large_err)]
+fn connection_of(
+    gw: &NodeState,
+    hub: &Hub,
+    principal: &Principal,
+    id: &str,
+) -> Result<String, Response> {
+    match token::verify(&gw.config.token_secret, id, now_unix()) {
+        Ok(t) if t.hub == hub.name && t.principal == principal.token_id() => Ok(t.connection_id),
+        Ok(_) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "connection token belongs to another hub or credential",
+        )),
+        Err(e) => Err(refuse(StatusCode::UNAUTHORIZED, &e.to_string())),
+    }
+}
+
+/// `GET /hubs/{hub}`: a WebSocket upgrade, a Server-Sent Events stream (`Accept:
+/// text/event-stream`) or a long poll, told apart as the SignalR transport protocol does.
 async fn connect(
     State(gw): State<Arc<NodeState>>,
     Path(route): Path<String>,
@@ -165,29 +205,147 @@ async fn connect(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let connection_id = match query.as_deref().and_then(|q| query_param(q, "id")) {
-        // Negotiated: the token must be ours, current, for this hub and this caller.
-        Some(id) => match token::verify(&gw.config.token_secret, &id, now_unix()) {
-            Ok(t) if t.hub == hub.name && t.principal == principal.token_id() => t.connection_id,
-            Ok(_) => {
-                return refuse(
-                    StatusCode::UNAUTHORIZED,
-                    "connection token belongs to another hub or credential",
-                );
-            }
-            Err(e) => return refuse(StatusCode::UNAUTHORIZED, &e.to_string()),
+    let id = query.as_deref().and_then(|q| query_param(q, "id"));
+    let connection_id = match &id {
+        Some(id) => match connection_of(&gw, hub, &principal, id) {
+            Ok(c) => c,
+            Err(r) => return r,
         },
-        // skipNegotiation.
+        // skipNegotiation: WebSockets only.
         None => new_connection_id(),
     };
     let upgrade = match upgrade {
         Ok(u) => u,
-        Err(rejection) => return rejection.into_response(),
+        Err(_) if headers.contains_key(header::SEC_WEBSOCKET_KEY) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "this looks like a WebSocket request without `Upgrade: websocket` and \
+                 `Connection: upgrade` (a proxy in between may remove them); the server also \
+                 offers ServerSentEvents and LongPolling",
+            );
+        }
+        Err(_) if id.is_none() => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "not a WebSocket request: Server-Sent Events and long polling need a \
+                 negotiated connection (POST /hubs/{hub}/negotiate, then ?id=<connectionToken>)",
+            );
+        }
+        Err(_) => {
+            let wants_events = headers
+                .get(header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("text/event-stream"));
+            let request = if wants_events {
+                transports::Request::EventStream
+            } else {
+                transports::Request::Poll
+            };
+            let start = || prepare(&gw, hub, principal, connection_id.clone(), cursor);
+            return transports::serve(&gw, &connection_id, request, start).await;
+        }
     };
-    // Subscribed before the upgrade completes, hence before the handshake response: an event
-    // published after the client's start() resolves is delivered.
-    // Each audience's newest position before subscribing: everything after it reaches this
-    // connection (live, or by replay), and its cursors name every audience from the start.
+    let setup = match prepare(&gw, hub, principal, connection_id, cursor).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    metrics().transports_opened.with("websockets").inc();
+    let max = gw.config.max_message_bytes;
+    // The transport's own limit sits well above ours, so a message a little over the limit is
+    // read completely and answered with a SignalR Close; only far larger ones hit the transport
+    // error (answered with a Close too, best effort).
+    let hard_limit = max.saturating_mul(4).max(max.saturating_add(64 * 1024));
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        // The session gets a task of its own: axum's upgrade task keeps its own state (the
+        // upgrade, the config, this closure) for as long as the callback's future runs, and
+        // every idle connection would carry it. This way it ends right after the upgrade.
+        .on_upgrade(move |socket| {
+            tokio::spawn(session::run(Wire::WebSocket(socket), gw, setup));
+            std::future::ready(())
+        })
+}
+
+/// `POST /hubs/{hub}?id=`: client messages of a Server-Sent Events or long-polling connection.
+async fn send(
+    State(gw): State<Arc<NodeState>>,
+    Path(route): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let (hub, principal, _) = match admit(&gw, &route, &headers, query.as_deref()).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(id) = query.as_deref().and_then(|q| query_param(q, "id")) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "POST needs ?id=<connectionToken> from negotiate",
+        );
+    };
+    let connection_id = match connection_of(&gw, hub, &principal, &id) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    // Read only after the credential and the token checked out, and no more than one message.
+    let max = gw.config.max_message_bytes;
+    let body = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(_) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("a POST carries at most {max} bytes"),
+            );
+        }
+    };
+    let never = || async { Err(refuse(StatusCode::NOT_FOUND, "no such connection")) };
+    transports::serve(&gw, &connection_id, transports::Request::Send(body), never).await
+}
+
+/// `DELETE /hubs/{hub}?id=`: the client ends its long-polling connection.
+async fn disconnect(
+    State(gw): State<Arc<NodeState>>,
+    Path(route): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let (hub, principal, _) = match admit(&gw, &route, &headers, query.as_deref()).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(id) = query.as_deref().and_then(|q| query_param(q, "id")) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "DELETE needs ?id=<connectionToken> from negotiate",
+        );
+    };
+    let connection_id = match connection_of(&gw, hub, &principal, &id) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let never = || async { Err(refuse(StatusCode::NOT_FOUND, "no such connection")) };
+    transports::serve(&gw, &connection_id, transports::Request::Delete, never).await
+}
+
+/// What every transport's session needs before it starts: each audience's newest position
+/// and a subscription to it. Subscribed before the session answers the handshake, so an event
+/// published after the client's start() resolves is delivered; everything after the floors
+/// reaches the connection (live, or by replay), and its cursors name every audience from the
+/// start.
+async fn prepare(
+    gw: &NodeState,
+    hub: &'static Hub,
+    principal: Principal,
+    connection_id: String,
+    cursor: Option<Cursor>,
+) -> Result<Setup, Response> {
+    if *gw.shutdown.borrow() {
+        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    }
     // Sized exactly: these live as long as the connection.
     let audiences = hub.audiences_for(&principal);
     let mut floors = Cursor::with_capacity(audiences.len());
@@ -196,7 +354,10 @@ async fn connect(
             Ok(p) => floors.set(audience, p),
             Err(e) => {
                 tracing::warn!(error = %e, %audience, "backplane position read failed");
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable");
+                return Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backplane unavailable",
+                ));
             }
         }
     }
@@ -207,17 +368,14 @@ async fn connect(
             Ok(s) => subscriptions.push(s),
             Err(e) => {
                 tracing::warn!(error = %e, %audience, "backplane subscribe failed");
-                return refuse(StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable");
+                return Err(refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backplane unavailable",
+                ));
             }
         }
     }
-    drop(mailbox);
-    let max = gw.config.max_message_bytes;
-    // The transport's own limit sits well above ours, so a message a little over the limit is
-    // read completely and answered with a SignalR Close; only far larger ones hit the transport
-    // error (answered with a Close too, best effort).
-    let hard_limit = max.saturating_mul(4).max(max.saturating_add(64 * 1024));
-    let setup = Setup {
+    Ok(Setup {
         hub,
         principal,
         connection_id,
@@ -225,17 +383,5 @@ async fn connect(
         receiver,
         resume: cursor,
         floors,
-    };
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        // The session gets a task of its own: axum's upgrade task keeps its own state (the
-        // upgrade, the config, this closure) for as long as the callback's future runs, and
-        // every idle connection would carry it. This way it ends right after the upgrade.
-        .on_upgrade(move |socket| {
-            tokio::spawn(session::run(socket, gw, setup));
-            std::future::ready(())
-        })
+    })
 }

@@ -166,6 +166,8 @@ pub struct Metrics {
     pub slow_consumer_closes: Family<Counter>,
     pub reconnects: Family<Counter>,
     pub resumes: Family<Counter>,
+    pub transports_opened: Family<Counter>,
+    pub write_timeouts: Counter,
 }
 
 impl Metrics {
@@ -190,6 +192,8 @@ impl Metrics {
             slow_consumer_closes: Family::new(Counter::default),
             reconnects: Family::new(Counter::default),
             resumes: Family::new(Counter::default),
+            transports_opened: Family::new(Counter::default),
+            write_timeouts: Counter::default(),
         }
     }
 
@@ -217,7 +221,7 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{{base},{label}=\"{}\"}} {}", escape(&v), g.get());
             }
         }
-        let families: [(&str, &str, &str, &Family<Counter>); 10] = [
+        let families: [(&str, &str, &str, &Family<Counter>); 11] = [
             (
                 "herald_connections_opened_total",
                 "Client connections accepted (handshake completed), by hub (canonical name: spend, tasks, notifications, events, admin).",
@@ -278,6 +282,12 @@ impl Metrics {
                 "outcome",
                 &self.resumes,
             ),
+            (
+                "herald_transport_connections_total",
+                "Client connections started, by transport (websockets, server_sent_events, long_polling).",
+                "transport",
+                &self.transports_opened,
+            ),
         ];
         for (name, help, label, fam) in families {
             header(o, name, "counter", help);
@@ -305,6 +315,11 @@ impl Metrics {
                 "herald_consumer_acks_total",
                 "Ack frames sent to the broker; one may ack many deliveries (multiple).",
                 &self.consumer_acks,
+            ),
+            (
+                "herald_write_timeouts_total",
+                "Connections closed because a write to the client did not finish within the client timeout (a client that stopped reading or polling).",
+                &self.write_timeouts,
             ),
         ];
         for (name, help, c) in counters {

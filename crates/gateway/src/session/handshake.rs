@@ -34,7 +34,7 @@ impl Session {
                         .refuse_handshake(&format!("Handshake was not received within {secs} seconds."))
                         .await;
                 }
-                m = self.ws.recv() => m,
+                m = futures_util::StreamExt::next(&mut self.ws) => m,
             };
             match msg {
                 Some(Ok(Message::Text(t))) => self.inbuf.extend_from_slice(t.as_bytes()),

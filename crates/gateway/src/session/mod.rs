@@ -14,7 +14,8 @@ use crate::cursor::Cursor;
 use crate::hubs::Hub;
 use crate::node::NodeState;
 use crate::protocol::{self, ClientMessage};
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use crate::wire::Wire;
+use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use herald_backplane::{MailboxReceiver, Subscription};
 use herald_domain::{KeyHash, KeyId};
@@ -69,7 +70,7 @@ impl From<Stop> for ReplayError {
 }
 
 pub(super) struct Session {
-    ws: WebSocket,
+    ws: Wire,
     gw: Arc<NodeState>,
     hub: &'static Hub,
     connection_id: String,
@@ -170,11 +171,7 @@ impl Drop for Session {
 
 /// The connection's future. Not an `async fn`: the session is built here, so the future holds
 /// it once instead of also keeping the arguments it was built from.
-pub(crate) fn run(
-    ws: WebSocket,
-    gw: Arc<NodeState>,
-    setup: Setup,
-) -> impl Future<Output = ()> + Send {
+pub(crate) fn run(ws: Wire, gw: Arc<NodeState>, setup: Setup) -> impl Future<Output = ()> + Send {
     gw.opened();
     let now = Instant::now();
     let (key_expires, own_key) = match &setup.principal {
@@ -350,7 +347,7 @@ impl Session {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
             Some(Ok(Message::Close(_))) => {
                 // Lets the transport flush its close reply.
-                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, self.ws.recv())).await;
+                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, self.ws.next())).await;
                 Err(Stop)
             }
         }
@@ -406,20 +403,32 @@ impl Session {
             Ok(ClientMessage::Ignored | ClientMessage::Ping) => Ok(()),
             Ok(ClientMessage::Close { .. }) => {
                 // The client closes the socket itself; wait briefly for that.
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.recv()).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.next()).await;
                 Err(Stop)
             }
         }
     }
 
     /// Not an `async fn` (nor an async block), which would keep `text` and a second copy of
-    /// the sink's future in its own.
+    /// the sink's future in its own. A write that cannot finish within the client timeout
+    /// (a client that stopped reading or polling) ends the session: nothing else of it can run
+    /// while a write is pending.
     pub(super) fn send(&mut self, text: String) -> impl Future<Output = Step> + Send + '_ {
         let last_sent = &mut self.last_sent;
-        SinkExt::send(&mut self.ws, Message::Text(text.into())).map(move |r| {
-            r.map_err(|_| Stop)?;
-            *last_sent = Instant::now();
-            Ok(())
+        let connection = &self.connection_id;
+        let deadline = self.gw.config.client_timeout;
+        let write = SinkExt::send(&mut self.ws, Message::Text(text.into()));
+        tokio::time::timeout(deadline, write).map(move |r| match r {
+            Ok(Ok(())) => {
+                *last_sent = Instant::now();
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Stop),
+            Err(_) => {
+                tracing::debug!(%connection, "write deadline passed; client not reading");
+                metrics().write_timeouts.inc();
+                Err(Stop)
+            }
         })
     }
 
@@ -448,10 +457,13 @@ impl Session {
                 code: 1000,
                 reason: "".into(),
             };
-            if self.ws.send(Message::Close(Some(frame))).await.is_err() {
+            if SinkExt::send(&mut self.ws, Message::Close(Some(frame)))
+                .await
+                .is_err()
+            {
                 return;
             }
-            while let Some(Ok(m)) = self.ws.recv().await {
+            while let Some(Ok(m)) = self.ws.next().await {
                 if matches!(m, Message::Close(_)) {
                     break;
                 }
@@ -470,7 +482,7 @@ mod tests {
     /// fails when a change makes it grow again.
     #[test]
     fn an_idle_connection_future_stays_small() {
-        fn future_size<F>(_: impl FnOnce(WebSocket, Arc<NodeState>, Setup) -> F) -> usize {
+        fn future_size<F>(_: impl FnOnce(Wire, Arc<NodeState>, Setup) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let size = future_size(run);
