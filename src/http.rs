@@ -216,7 +216,7 @@ async fn post_key(
     let budget = req
         .budget
         .as_ref()
-        .map(|b| herald_domain::money::decimal_from_json("budget", b))
+        .map(|b| herald_domain::money::Budget::from_json("budget", b))
         .transpose()
         .map_err(|e| bad(&e))?;
     let (raw, hash) = match &req.key_hash {
