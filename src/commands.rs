@@ -83,6 +83,9 @@ async fn run_role(role: Role, settings: Settings) -> Result<(), CommandError> {
     let addr = app.local_addr().map_err(CommandError::Serve)?;
     // Scripts and tests wait for this exact line on stdout.
     println!("listening on http://{addr}");
+    if let Some(admin) = app.admin_addr() {
+        println!("admin listening on http://{admin}");
+    }
     for line in &app.banner {
         println!("{line}");
     }

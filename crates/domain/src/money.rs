@@ -36,7 +36,7 @@ impl Budget {
 
     /// A JSON number or numeric string, exactly (`decimal_from_json`), then bounded.
     pub fn from_json(field: &str, v: &Value) -> Result<Self, Invalid> {
-        Self::new(decimal_from_json(field, v)?).map_err(|e| Invalid::new(format!("{field}: {e}")))
+        Self::new(decimal_from_json(field, v)?)
     }
 
     /// Text such as a command-line argument: `25.00`, `1e3`.
