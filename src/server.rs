@@ -385,7 +385,9 @@ async fn handle(
     guard: InProgress,
 ) -> Response<Body> {
     let ip = limits.client_ip(&req, peer);
-    if let Some(left) = limits.throttle.blocked(ip, Instant::now()) {
+    // Probes and scrapes take no credential: a throttled address (a proxy's, say) keeps them.
+    let unauthenticated = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    if !unauthenticated && let Some(left) = limits.throttle.blocked(ip, Instant::now()) {
         let mut r = refusal(
             StatusCode::TOO_MANY_REQUESTS,
             "auth_throttled",
