@@ -5,11 +5,10 @@ use crate::keys::KeySpec;
 use crate::startup::{Application, Role, StartupError, shutdown_signal};
 use crate::telemetry;
 use crate::values::without_userinfo;
+use herald_domain::money::Budget;
 use herald_domain::{Cause, KeyHash, KeyId, RawKey};
 use herald_ingest::amqp::{self, AmqpError, EnvelopeKind};
 use herald_store::{PostgresStore, Store, StoreError};
-use rust_decimal::Decimal;
-use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -84,6 +83,9 @@ async fn run_role(role: Role, settings: Settings) -> Result<(), CommandError> {
     let addr = app.local_addr().map_err(CommandError::Serve)?;
     // Scripts and tests wait for this exact line on stdout.
     println!("listening on http://{addr}");
+    if let Some(admin) = app.admin_addr() {
+        println!("admin listening on http://{admin}");
+    }
     for line in &app.banner {
         println!("{line}");
     }
@@ -205,11 +207,7 @@ fn spec(args: &KeyArgs, hash: KeyHash) -> Result<KeySpec<'_>, String> {
     let budget = args
         .budget
         .as_deref()
-        .map(|b| {
-            Decimal::from_str_exact(b.trim())
-                .or_else(|_| Decimal::from_str(b.trim()))
-                .map_err(|_| format!("--budget: expected a decimal amount, got {b:?}"))
-        })
+        .map(|b| Budget::parse(b).map_err(|e| format!("--budget: {e}")))
         .transpose()?;
     let thresholds = args
         .thresholds

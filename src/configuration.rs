@@ -5,8 +5,9 @@
 //! Secrets are not clap arguments: they are read from the environment only ([`ENV_ONLY`]), so
 //! they never show in process listings, in `--help` or in `Debug` output.
 use crate::values::{
-    Exchanges, allowed_origins, amqp_url, boolean, drain_window, exchanges, history_maxlen,
-    history_ttl, hostname, listen_address, long_poll_timeout, node_id, postgres_url, prefetch,
+    Exchanges, allowed_origins, amqp_url, at_least_one, boolean, drain_window, duration,
+    exchanges, header_name, history_maxlen, history_ttl, hostname, listen_address,
+    long_poll_timeout, node_id, postgres_url, prefetch,
     queue_name, redis_prefix, redis_url, thresholds, without_userinfo,
 };
 use clap::{Arg, Args, FromArgMatches};
@@ -130,6 +131,13 @@ pub struct NodeArgs {
     /// Port 0 picks a free port; the first stdout line says which (`listening on http://…`).
     #[arg(long, env = "HERALD_LISTEN", value_name = "HOST:PORT", default_value = "0.0.0.0:8080", value_parser = listen_address)]
     pub listen: SocketAddr,
+    /// Internal address for `/metrics`, `/readyz` and the admin API (`/v1/events`, `/v1/keys`).
+    ///
+    /// Set, those are served only there and the `HERALD_LISTEN` port serves clients only (hubs
+    /// and `/healthz`); unset, one port serves everything (docs/security.md). Port 0 picks a
+    /// free port (`admin listening on http://…`).
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "HOST:PORT", value_parser = listen_address)]
+    pub admin_listen: Option<SocketAddr>,
     /// Names the node in logs and metrics; unset, the host name
     #[arg(long, env = "HERALD_NODE_ID", value_name = "ID", value_parser = node_id)]
     pub node_id: Option<String>,
@@ -161,6 +169,44 @@ pub struct NodeArgs {
     /// A key's own list overrides it.
     #[arg(long, env = "HERALD_BUDGET_THRESHOLDS", value_name = "LIST", default_value = "50,75,90,100", value_parser = thresholds)]
     pub budget_thresholds: Thresholds,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Limits of every HTTP connection (docs/security.md, "Limits"): every node role.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Time a client has to send a complete request head, from the moment the connection waits
+    /// for one; then the connection is closed (slow or partial headers).
+    #[arg(long, env = "HERALD_HTTP_HEADER_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub http_header_timeout: Duration,
+    /// A connection with no request in progress and nothing received for this long is closed.
+    ///
+    /// WebSockets and requests in progress (long polls, streams) are not idle.
+    #[arg(long, env = "HERALD_HTTP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub http_idle_timeout: Duration,
+    /// Time to receive a whole request body on the admin API; then 408.
+    #[arg(long, env = "HERALD_HTTP_BODY_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub http_body_timeout: Duration,
+    /// Open HTTP connections (WebSockets included) per listener; more are answered 503 and closed.
+    #[arg(long, env = "HERALD_HTTP_MAX_CONNECTIONS", value_name = "N", default_value = "10000", value_parser = at_least_one)]
+    pub http_max_connections: usize,
+    /// Largest `POST /v1/events` body in bytes; larger is 413 (`POST /v1/keys`: 16384).
+    #[arg(long, env = "HERALD_HTTP_MAX_EVENT_BODY", value_name = "BYTES", default_value = "262144", value_parser = at_least_one)]
+    pub http_max_event_body: usize,
+    /// Failed authentications (401) one client address may make per window before it is
+    /// answered 429 until the window ends.
+    #[arg(long, env = "HERALD_AUTH_FAILURE_LIMIT", value_name = "N", default_value = "20", value_parser = at_least_one)]
+    pub auth_failure_limit: usize,
+    /// The window of `HERALD_AUTH_FAILURE_LIMIT`
+    #[arg(long, env = "HERALD_AUTH_FAILURE_WINDOW", value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub auth_failure_window: Duration,
+    /// Header naming the client address, set by a proxy in front (e.g. `X-Forwarded-For`).
+    ///
+    /// Unset, the peer address counts. Set it only when every connection comes through a proxy
+    /// that appends it: its last address is the one counted by the failed-auth throttle.
+    #[arg(long, env = "HERALD_CLIENT_ADDRESS_HEADER", value_name = "NAME", value_parser = header_name)]
+    pub client_address_header: Option<String>,
 }
 
 /// What only a gateway reads: `standalone` and `serve`.
@@ -220,8 +266,8 @@ pub const ENV_ONLY: &[EnvOnly] = &[
     EnvOnly {
         name: MASTER_KEY,
         default: "standalone: generated and printed",
-        help: "Opens the admin API and the admin hub. At least 16 characters. A secret: never a flag, never printed.",
-        commands: GATEWAYS,
+        help: "Opens the admin API and the admin hub. At least 16 characters. A secret: never a flag, never printed. The admin API takes it in a header only (Authorization: Bearer or X-API-Key).",
+        commands: NODES,
     },
     EnvOnly {
         name: CONNECTION_SECRET,
@@ -282,6 +328,8 @@ pub fn env_only_help(command: &str) -> String {
 #[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub http: HttpArgs,
     pub amqp_url: Option<String>,
     pub redis_url: Option<String>,
     pub database_url: Option<String>,
@@ -312,6 +360,8 @@ impl std::fmt::Debug for Settings {
         let url = |u: &Option<String>| u.as_deref().map(without_userinfo);
         f.debug_struct("Settings")
             .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("http", &self.http)
             .field("amqp_url", &url(&self.amqp_url))
             .field("redis_url", &url(&self.redis_url))
             .field("database_url", &url(&self.database_url))
@@ -379,6 +429,8 @@ impl Settings {
         }
         Ok(Self {
             listen: node.listen,
+            admin_listen: node.admin_listen,
+            http: node.http,
             amqp_url: amqp.amqp_url,
             redis_url: node.redis_url,
             database_url: database.database_url,

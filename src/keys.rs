@@ -1,15 +1,16 @@
 //! Virtual key administration shared by `herald keys` and `POST /v1/keys`.
 use chrono::{DateTime, Utc};
+use herald_domain::money::Budget;
 use herald_domain::thresholds::Thresholds;
 use herald_domain::{BudgetPeriod, KeyHash, KeyId, VirtualKey};
-use rust_decimal::Decimal;
 
 /// A key as an administrator describes it.
 pub struct KeySpec<'a> {
     pub id: KeyId,
     pub name: &'a str,
     pub hash: KeyHash,
-    pub budget: Option<Decimal>,
+    /// Bounded by its constructor (`MAX_BUDGET`), whichever entry point built it.
+    pub budget: Option<Budget>,
     pub period: Option<&'a str>,
     pub admin: bool,
     pub thresholds: Option<Vec<u32>>,
@@ -24,10 +25,7 @@ impl KeySpec<'_> {
             self.name.to_owned()
         };
         let mut key = VirtualKey::new(self.id, self.hash, name);
-        if self.budget.is_some_and(|b| b.is_sign_negative()) {
-            return Err("budget must not be negative".into());
-        }
-        key.budget = self.budget;
+        key.budget = self.budget.map(Budget::get);
         key.budget_period = self
             .period
             .map(BudgetPeriod::parse)
@@ -59,7 +57,7 @@ mod tests {
             id: KeyId::new(3).unwrap(),
             name: "",
             hash: KeyHash::of_raw("x"),
-            budget: Some(Decimal::new(2500, 2)),
+            budget: Some(Budget::parse("25.00").unwrap()),
             period: Some("Monthly"),
             admin: false,
             thresholds: Some(vec![90, 50]),
@@ -100,13 +98,6 @@ mod tests {
             .build()
             .is_err()
         );
-        assert!(
-            KeySpec {
-                budget: Some(Decimal::NEGATIVE_ONE),
-                ..spec()
-            }
-            .build()
-            .is_err()
-        );
+        assert!(Budget::parse("-1").is_err() && Budget::parse("1e28").is_err());
     }
 }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod reference;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 pub mod values;

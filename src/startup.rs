@@ -73,6 +73,9 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    /// `HERALD_ADMIN_LISTEN`: metrics, readiness and the admin API, off the client port.
+    admin: Option<(TcpListener, axum::Router)>,
+    limits: Arc<crate::server::Limits>,
     gateway: Option<Gateway>,
     consumer: Option<(AmqpConfig, Pipeline, Arc<AtomicBool>)>,
     drain_window: std::time::Duration,
@@ -193,7 +196,24 @@ impl Application {
             consumer: consumer.as_ref().map(|_| consumer_active.clone()),
         };
         let metrics = Arc::new(Metrics::new(role.as_str(), settings.node_id.clone()));
-        let mut router = http::health_routes(readiness, metrics);
+        let admin_api = AdminApi {
+            master_key: settings.master_key.as_ref().map(|k| k.expose().to_owned()),
+            pipeline,
+            store: store.clone(),
+            body_timeout: settings.http.http_body_timeout,
+            max_event_body: settings.http.http_max_event_body,
+        };
+        // With an admin listener the client port serves clients only (docs/security.md); without
+        // one, a single port serves everything, as before HERALD_ADMIN_LISTEN existed.
+        let internal = http::internal_routes(readiness, metrics);
+        let (mut router, admin_router) = match settings.admin_listen {
+            Some(_) => (
+                http::client_health_routes(),
+                Some(internal.merge(http::admin_routes(admin_api.clone()))),
+            ),
+            None if role == Role::Consume => (internal, None),
+            None => (internal.merge(http::admin_routes(admin_api.clone())), None),
+        };
         let mut gateway = None;
         if role != Role::Consume {
             let config = GatewayConfig {
@@ -204,25 +224,20 @@ impl Application {
                 long_poll_timeout: settings.long_poll_timeout,
                 ..GatewayConfig::default()
             };
-            let g = Gateway::new(config, store.clone(), backplane.clone());
+            let g = Gateway::new(config, store, backplane.clone());
             router = router.merge(g.router());
-            router = router.merge(http::admin_routes(AdminApi {
-                master_key: settings.master_key.as_ref().map(|k| k.expose().to_owned()),
-                pipeline,
-                store,
-            }));
             gateway = Some(g);
         }
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| StartupError::Listen {
-                    addr: settings.listen,
-                    source,
-                })?;
+        let listener = bind(settings.listen).await?;
+        let admin = match (settings.admin_listen, admin_router) {
+            (Some(addr), Some(r)) => Some((bind(addr).await?, r)),
+            _ => None,
+        };
         Ok(Self {
             listener,
             router,
+            admin,
+            limits: crate::server::Limits::new(settings.http.clone()),
             gateway,
             consumer,
             banner,
@@ -234,6 +249,11 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// Where `/metrics`, `/readyz` and the admin API are served when `HERALD_ADMIN_LISTEN` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Runs until `shutdown` flips to true, then stops the consumer and closes connections.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), std::io::Error> {
         let consumer: Option<JoinHandle<()>> = self.consumer.map(|(cfg, pipeline, active)| {
@@ -242,13 +262,28 @@ impl Application {
         let gateway = self.gateway.clone();
         let mut stop = shutdown.clone();
         let gateway_for_close = gateway.clone();
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        let admin = self.admin.map(|(listener, router)| {
+            let mut stop = shutdown.clone();
+            tokio::spawn(crate::server::serve(
+                listener,
+                router,
+                // Its own connection limit: a flood of clients never locks the operator out.
+                crate::server::Limits::new(self.limits.http.clone()),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            ))
+        });
+        let serve = crate::server::serve(self.listener, self.router, self.limits, async move {
             let _ = stop.wait_for(|s| *s).await;
             if let Some(g) = gateway {
                 g.shutdown();
             }
         });
         let result = serve.await;
+        if let Some(a) = admin {
+            let _ = a.await;
+        }
         let _ = shutdown.wait_for(|s| *s).await;
         // axum's graceful shutdown does not wait for upgraded WebSockets: wait for the drain
         // window (connections close spread over it) plus time for the last Close frames.
@@ -261,6 +296,12 @@ impl Application {
         }
         result
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Listen { addr, source })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -128,6 +128,29 @@ pub(crate) fn long_poll_timeout(v: &str) -> Result<Duration, String> {
     }
 }
 
+pub(crate) fn duration(v: &str) -> Result<Duration, String> {
+    parse_duration(v)
+        .ok_or_else(|| format!("expected a duration such as 500ms, 10s or 1m, got {v:?}"))
+}
+
+pub(crate) fn at_least_one(v: &str) -> Result<usize, String> {
+    whole_number(v, 1usize)
+}
+
+pub(crate) fn header_name(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    if v.is_empty()
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "expected a header name such as X-Forwarded-For, got {v:?}"
+        ));
+    }
+    Ok(v.to_ascii_lowercase())
+}
+
 pub(crate) fn redis_prefix(v: &str) -> Result<String, String> {
     let v = v.trim();
     if v.is_empty() || v.contains(['{', '}', ' ']) {

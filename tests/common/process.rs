@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 pub struct Herald {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The `HERALD_ADMIN_LISTEN` port, when the test set one.
+    pub admin: Option<SocketAddr>,
     logs: PathBuf,
 }
 
@@ -49,9 +51,28 @@ impl Herald {
                 break a.parse().unwrap();
             }
         };
+        let admin = env
+            .iter()
+            .any(|(k, _)| *k == "HERALD_ADMIN_LISTEN")
+            .then(|| {
+                loop {
+                    let line = lines
+                        .next()
+                        .expect("herald printed its admin address")
+                        .unwrap();
+                    if let Some(a) = line.strip_prefix("admin listening on http://") {
+                        break a.parse().unwrap();
+                    }
+                }
+            });
         // Keep draining stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, addr, logs }
+        Self {
+            child,
+            addr,
+            admin,
+            logs,
+        }
     }
 
     /// Stops the process with SIGTERM and returns its log lines.
@@ -67,18 +88,40 @@ impl Herald {
             .collect()
     }
 
+    /// Where `/metrics`, `/readyz` and the admin API are: the admin port when there is one.
+    pub fn internal(&self) -> SocketAddr {
+        self.admin.unwrap_or(self.addr)
+    }
+
     pub async fn metrics(&self) -> String {
-        let r = http(self.addr, "GET", "/metrics", &[], "").await;
+        let r = http(self.internal(), "GET", "/metrics", &[], "").await;
         assert_eq!(r.status, 200);
         r.body
     }
 
     pub async fn wait_ready(&self) {
-        wait_ready_at(self.addr).await;
+        wait_ready_at(self.internal()).await;
     }
 
     pub async fn create_key(&self, id: i64, budget: &str) -> String {
-        create_key_at(self.addr, id, Some(budget)).await
+        create_key_at(self.internal(), id, Some(budget)).await
+    }
+
+    /// Resident memory of the process in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Open file descriptors of the process (sockets included).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 

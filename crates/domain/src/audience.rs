@@ -18,7 +18,10 @@ impl Audience {
             "admin" => Ok(Self::Admin),
             _ => match s.strip_prefix("vkey:") {
                 Some(id) => Ok(Self::Key(KeyId::parse(id)?)),
-                None => Err(Invalid::new(format!("unknown audience {s:?}"))),
+                None => Err(Invalid::new(format!(
+                    "unknown audience {:?}",
+                    crate::invalid::prefix(s)
+                ))),
             },
         }
     }

@@ -222,8 +222,8 @@ pub fn decide(obs: &SpendObservation, state: &[ThresholdState]) -> Vec<Change> {
     for &t in obs.thresholds.as_slice() {
         let st = state.iter().find(|s| s.threshold == t);
         let active = st.is_some_and(|s| !s.armed);
-        // spend / budget × 100 ≥ t, without division.
-        let crossed = obs.total_spend * Decimal::ONE_HUNDRED >= Decimal::from(t) * obs.budget;
+        // spend / budget × 100 ≥ t, exact and without overflow for any decimals.
+        let crossed = money::reached(obs.total_spend, obs.budget, t);
         match (crossed, st) {
             (true, _) if !active => crossed_unfired.push((t, st.map_or(1, |s| s.generation + 1))),
             (false, Some(s)) if active => {

@@ -64,7 +64,12 @@ pub fn parse_time(field: &str, s: &str) -> Result<DateTime<Utc>, Invalid> {
     }
     chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
         .map(|n| n.and_utc())
-        .map_err(|_| Invalid::new(format!("{field} is not an RFC 3339 time: {s:?}")))
+        .map_err(|_| {
+            Invalid::new(format!(
+                "{field} is not an RFC 3339 time: {:?}",
+                crate::invalid::prefix(s)
+            ))
+        })
 }
 
 pub fn format_time(t: DateTime<Utc>) -> String {

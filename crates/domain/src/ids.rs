@@ -20,10 +20,12 @@ impl KeyId {
 
     /// Parses the decimal text form (`"42"`).
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let id = s
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| Invalid::new(format!("key id must be a positive integer, got {s:?}")))?;
+        let id = s.trim().parse::<i64>().map_err(|_| {
+            Invalid::new(format!(
+                "key id must be a positive integer, got {:?}",
+                crate::invalid::prefix(s)
+            ))
+        })?;
         Self::new(id)
     }
 

@@ -106,14 +106,10 @@ impl SpendUpdated {
             money::decimal_from_json("newTotalSpend", f.required("newTotalSpend")?)?,
             MAX_TOTAL,
         )?;
-        let budget = match f.get("budget") {
-            Some(v) => Some(money::bounded(
-                "budget",
-                money::decimal_from_json("budget", v)?,
-                MAX_TOTAL,
-            )?),
-            None => None,
-        };
+        let budget = f
+            .get("budget")
+            .map(|v| money::Budget::from_json("budget", v).map(money::Budget::get))
+            .transpose()?;
         Ok(Self {
             key,
             amount,

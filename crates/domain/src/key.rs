@@ -125,7 +125,8 @@ impl BudgetPeriod {
             "daily" | "day" => Ok(Self::Daily),
             "monthly" | "month" => Ok(Self::Monthly),
             other => Err(Invalid::new(format!(
-                "budget period must be total, daily or monthly, got {other:?}"
+                "budget period must be total, daily or monthly, got {:?}",
+                crate::invalid::prefix(other)
             ))),
         }
     }

@@ -3,7 +3,7 @@ use crate::fields::{Fields, boolean, object};
 use crate::ids::KeyId;
 use crate::invalid::Invalid;
 use crate::key::{BudgetPeriod, KeyHash, KeyRef};
-use crate::money::{self, MAX_TOTAL};
+use crate::money;
 use crate::vocabulary::ChangeAction;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -40,10 +40,7 @@ impl VirtualKeyChanged {
         }
         let budget = f
             .get("budget")
-            .map(|v| {
-                money::decimal_from_json("budget", v)
-                    .and_then(|d| money::bounded("budget", d, MAX_TOTAL))
-            })
+            .map(|v| money::Budget::from_json("budget", v).map(money::Budget::get))
             .transpose()?;
         let changed_properties = match f.get("changedProperties") {
             None => None,

@@ -9,6 +9,51 @@ use serde_json::Value;
 pub const MAX_AMOUNT: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
 /// Largest running total accepted.
 pub const MAX_TOTAL: Decimal = Decimal::from_parts(3_567_587_328, 232, 0, false, 0); // 1e12
+/// Largest budget accepted from any entry point (bus events, `POST /v1/keys`,
+/// `herald keys create --budget`): the same as a running total, so the budget rules'
+/// `threshold × budget` (at most 1000 × 1e12) is far from `Decimal::MAX` (about 7.9e28).
+pub const MAX_BUDGET: Decimal = MAX_TOTAL;
+
+/// A budget as an administrator or an event sets it: `0 ≤ budget ≤ MAX_BUDGET`. The one
+/// constructor every entry point goes through, so a key cannot be given a budget the budget
+/// rules were not written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Budget(Decimal);
+
+impl Budget {
+    pub fn new(d: Decimal) -> Result<Self, Invalid> {
+        if d.is_sign_negative() && !d.is_zero() {
+            return Err(Invalid::new("budget must not be negative"));
+        }
+        if d > MAX_BUDGET {
+            return Err(Invalid::new(format!(
+                "budget {} is above the limit of {MAX_BUDGET} (MAX_BUDGET)",
+                d.normalize()
+            )));
+        }
+        Ok(Self(d))
+    }
+
+    /// A JSON number or numeric string, exactly (`decimal_from_json`), then bounded.
+    pub fn from_json(field: &str, v: &Value) -> Result<Self, Invalid> {
+        Self::new(decimal_from_json(field, v)?)
+    }
+
+    /// Text such as a command-line argument: `25.00`, `1e3`.
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
+        let d = parse_decimal(text.trim()).ok_or_else(|| {
+            Invalid::new(format!(
+                "expected a decimal amount, got {:?}",
+                crate::invalid::prefix(text)
+            ))
+        })?;
+        Self::new(d)
+    }
+
+    pub fn get(self) -> Decimal {
+        self.0
+    }
+}
 
 /// Reads a JSON number (or numeric string) exactly, keeping its scale.
 pub fn decimal_from_json(field: &str, v: &Value) -> Result<Decimal, Invalid> {
@@ -17,8 +62,12 @@ pub fn decimal_from_json(field: &str, v: &Value) -> Result<Decimal, Invalid> {
         Value::String(s) => s.trim().to_owned(),
         _ => return Err(Invalid::new(format!("{field} must be a number"))),
     };
-    parse_decimal(&text)
-        .ok_or_else(|| Invalid::new(format!("{field} is not a representable decimal: {text:?}")))
+    parse_decimal(&text).ok_or_else(|| {
+        Invalid::new(format!(
+            "{field} is not a representable decimal: {:?}",
+            crate::invalid::prefix(&text)
+        ))
+    })
 }
 
 fn parse_decimal(text: &str) -> Option<Decimal> {
@@ -59,9 +108,45 @@ pub fn round_percent(d: Decimal) -> Decimal {
         .normalize()
 }
 
-/// Budget left, never below zero, without trailing zeros.
+/// Budget left, never below zero, without trailing zeros. Checked: a difference beyond
+/// `Decimal` (only possible for values outside the entry points' bounds) saturates.
 pub fn remaining(budget: Decimal, spend: Decimal) -> Decimal {
-    (budget - spend).max(Decimal::ZERO).normalize()
+    let left = budget
+        .checked_sub(spend)
+        .unwrap_or(if spend.is_sign_negative() {
+            Decimal::MAX
+        } else {
+            Decimal::ZERO
+        });
+    left.max(Decimal::ZERO).normalize()
+}
+
+/// Whether `spend` has reached `threshold` percent of `budget` (`spend × 100 ≥ threshold ×
+/// budget`, exact, without division), for any decimals: a product beyond `Decimal::MAX` is
+/// compared by what its overflow proves instead of panicking. `budget` must be positive.
+pub fn reached(spend: Decimal, budget: Decimal, threshold: u32) -> bool {
+    if spend <= Decimal::ZERO {
+        return false;
+    }
+    let t = Decimal::from(threshold);
+    match (
+        spend.checked_mul(Decimal::ONE_HUNDRED),
+        t.checked_mul(budget),
+    ) {
+        (Some(lhs), Some(rhs)) => lhs >= rhs,
+        // threshold × budget is above Decimal::MAX, spend × 100 is not.
+        (Some(_), None) => false,
+        (None, Some(_)) => true,
+        // Both huge (> 7.9e26): budget / 100 is exact at that size (few decimal places), and
+        // spend ≥ threshold × (budget / 100) is the same comparison.
+        (None, None) => match budget
+            .checked_div(Decimal::ONE_HUNDRED)
+            .and_then(|q| q.checked_mul(t))
+        {
+            Some(rhs) => spend >= rhs,
+            None => false,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +185,55 @@ mod tests {
         assert!(bounded("amount", MAX_AMOUNT + Decimal::ONE, MAX_AMOUNT).is_err());
         assert_eq!(MAX_TOTAL, Decimal::from(1_000_000_000_000i64));
         assert!(bounded("amount", Decimal::ZERO, MAX_AMOUNT).is_ok());
+    }
+
+    #[test]
+    fn budgets_are_bounded_at_every_entry_point_with_the_limit_named() {
+        let e = Budget::from_json("budget", &json!(1e28))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1000000000000") && e.contains("MAX_BUDGET"),
+            "{e}"
+        );
+        let e = Budget::parse("10000000000000000000000000000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MAX_BUDGET"), "{e}");
+        assert!(Budget::parse("-1").is_err());
+        assert!(Budget::parse("abc").is_err());
+        assert_eq!(Budget::parse(" 25.00 ").unwrap().get().to_string(), "25.00");
+        assert_eq!(Budget::parse("1e12").unwrap().get(), MAX_BUDGET);
+        let long = "9".repeat(100_000);
+        let e = Budget::parse(&long).unwrap_err().to_string();
+        assert!(
+            e.len() < 400,
+            "the error echoes a bounded prefix: {} bytes",
+            e.len()
+        );
+    }
+
+    #[test]
+    fn reached_is_exact_and_never_overflows() {
+        let d = |s: &str| Decimal::from_str(s).unwrap();
+        assert!(reached(d("50"), d("100"), 50));
+        assert!(!reached(d("49.99"), d("100"), 50));
+        assert!(!reached(d("1000000000000"), d("1e28"), 50));
+        assert!(
+            reached(Decimal::MAX, d("1e28"), 100),
+            "7.9e28 is above 1e28"
+        );
+        assert!(!reached(d("1e28"), Decimal::MAX, 1000));
+        assert!(reached(Decimal::MAX, Decimal::MAX, 100));
+        assert!(!reached(Decimal::MAX, Decimal::MAX, 101));
+        assert!(reached(
+            Decimal::MAX,
+            d("0.0000000000000000000000000001"),
+            1000
+        ));
+        assert!(!reached(Decimal::MIN, d("1"), 1));
+        assert_eq!(remaining(Decimal::MAX, Decimal::MIN), Decimal::MAX);
+        assert_eq!(remaining(Decimal::MIN, Decimal::MAX), Decimal::ZERO);
     }
 
     #[test]

@@ -52,7 +52,8 @@ impl ProviderHealth {
                 "unhealthy" | "offline" | "down" => HealthStatus::Unhealthy,
                 other => {
                     return Err(Invalid::new(format!(
-                        "status must be healthy, degraded or unhealthy, got {other:?}"
+                        "status must be healthy, degraded or unhealthy, got {:?}",
+                        crate::invalid::prefix(other)
                     )));
                 }
             },

@@ -101,7 +101,8 @@ impl ChangeAction {
             "updated" | "update" | "modified" | "changed" => Ok(Self::Updated),
             "deleted" | "delete" | "removed" | "remove" => Ok(Self::Deleted),
             other => Err(Invalid::new(format!(
-                "changeType must be created, updated or deleted, got {other:?}"
+                "changeType must be created, updated or deleted, got {:?}",
+                crate::invalid::prefix(other)
             ))),
         }
     }

@@ -168,6 +168,10 @@ pub struct Metrics {
     pub resumes: Family<Counter>,
     pub transports_opened: Family<Counter>,
     pub write_timeouts: Counter,
+    /// Open HTTP connections on this process's listeners (WebSockets included).
+    pub http_connections: Gauge,
+    /// Connections and requests the HTTP limits refused or closed, by reason.
+    pub http_refused: Family<Counter>,
 }
 
 impl Metrics {
@@ -194,6 +198,8 @@ impl Metrics {
             resumes: Family::new(Counter::default),
             transports_opened: Family::new(Counter::default),
             write_timeouts: Counter::default(),
+            http_connections: Gauge::default(),
+            http_refused: Family::new(Counter::default),
         }
     }
 
@@ -221,7 +227,24 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{{base},{label}=\"{}\"}} {}", escape(&v), g.get());
             }
         }
-        let families: [(&str, &str, &str, &Family<Counter>); 11] = [
+        header(
+            o,
+            "herald_http_connections",
+            "gauge",
+            "Open HTTP connections on this process's listeners, WebSockets included.",
+        );
+        let _ = writeln!(
+            o,
+            "herald_http_connections{{{base}}} {}",
+            self.http_connections.get()
+        );
+        let families: [(&str, &str, &str, &Family<Counter>); 12] = [
+            (
+                "herald_http_refused_total",
+                "Connections and requests refused or closed by the HTTP limits, by reason (connection_limit, header_timeout, idle_timeout, body_timeout, body_too_large, content_type, auth_throttled).",
+                "reason",
+                &self.http_refused,
+            ),
             (
                 "herald_connections_opened_total",
                 "Client connections accepted (handshake completed), by hub (canonical name: spend, tasks, notifications, events, admin).",
