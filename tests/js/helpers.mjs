@@ -97,10 +97,14 @@ export class Fixture {
    * Starts haproxy in the foreground in front of `servers` (host:port list). Returns its URL and
    * `log`, the lines haproxy has written so far (one per request: `... gateways/node0 ... 101 ...`).
    */
-  async haproxy(servers) {
+  async haproxy(servers, { denyWebSockets = false } = {}) {
     const port = await freePort();
     const template = readFileSync(join(ROOT, "deploy", "haproxy", "haproxy.cfg"), "utf8");
+    // `denyWebSockets`: a proxy that answers every WebSocket upgrade 403, as some corporate
+    // proxies do; SignalR clients must fall back to another transport by themselves.
+    const deny = denyWebSockets ? "\n    http-request deny deny_status 403 if { hdr(upgrade) -i websocket }" : "";
     const cfg = template
+      .replace(/^(frontend herald\b.*)$/m, (m) => m + deny)
       .replace(/^(\s*bind\s+)\S+/m, `$1127.0.0.1:${port}`)
       .replace(/^\s*server\s+gateway-\d+.*$/gm, "")
       .replace(/^(backend gateways\b.*)$/m, (m) => m + "\n" + servers.map((s, i) => `    server node${i} ${s} check inter 500ms`).join("\n"));
