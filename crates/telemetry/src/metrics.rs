@@ -159,6 +159,8 @@ pub struct Metrics {
     pub consumer_inflight: Gauge,
     pub dead_lettered: Family<Counter>,
     pub published: Family<Counter>,
+    /// Inbound events whose id the backplane already had, by source (`amqp`, `http`).
+    pub duplicates: Family<Counter>,
     pub delivered: Family<Counter>,
     pub alerts_fired: Family<Counter>,
     pub backplane_publish_seconds: Histogram,
@@ -183,6 +185,7 @@ impl Metrics {
             consumer_inflight: Gauge::default(),
             dead_lettered: Family::new(Counter::default),
             published: Family::new(Counter::default),
+            duplicates: Family::new(Counter::default),
             delivered: Family::new(Counter::default),
             alerts_fired: Family::new(Counter::default),
             backplane_publish_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -217,7 +220,7 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{{base},{label}=\"{}\"}} {}", escape(&v), g.get());
             }
         }
-        let families: [(&str, &str, &str, &Family<Counter>); 10] = [
+        let families: [(&str, &str, &str, &Family<Counter>); 11] = [
             (
                 "herald_connections_opened_total",
                 "Client connections accepted (handshake completed), by hub (canonical name: spend, tasks, notifications, events, admin).",
@@ -247,6 +250,12 @@ impl Metrics {
                 "Events published to the backplane, by audience kind (one per audience).",
                 "audience",
                 &self.published,
+            ),
+            (
+                "herald_duplicate_events_total",
+                "Inbound events dropped because their id was already published (nothing sent again), by source.",
+                "source",
+                &self.duplicates,
             ),
             (
                 "herald_events_delivered_total",
