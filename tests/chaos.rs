@@ -984,12 +984,12 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     offline.store(false, Ordering::SeqCst);
 
     wait_progress(&progress, total / 2, &mut publish_task, publish_deadline).await;
-    println!("[chaos] RabbitMQ: stop_app");
-    let rabbit = Instant::now();
+    println!("[chaos] RabbitMQ (private node): stop_app");
+    let restarting = Instant::now();
     block(|| rabbit.restart());
     println!(
         "[chaos] RabbitMQ: start_app done after {:.1}s",
-        rabbit.elapsed().as_secs_f64()
+        restarting.elapsed().as_secs_f64()
     );
 
     wait_progress(

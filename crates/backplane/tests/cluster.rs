@@ -63,7 +63,11 @@ fn url(nodes: &str) -> String {
 
 fn config(nodes: &str, max_len: usize) -> RedisConfig {
     let mut c = RedisConfig::new(url(nodes));
-    c.prefix = format!("herald-ctest-{}{:012x}", run_tag(), rand::random::<u64>() >> 16);
+    c.prefix = format!(
+        "herald-ctest-{}{:012x}",
+        run_tag(),
+        rand::random::<u64>() >> 16
+    );
     c.max_len = max_len;
     c.probe_interval = Duration::from_millis(500);
     c
@@ -121,7 +125,11 @@ struct CutOff {
 
 impl CutOff {
     async fn new(nodes: &Nodes) -> Self {
-        let user = format!("herald-ctest-{}{:012x}", run_tag(), rand::random::<u64>() >> 16);
+        let user = format!(
+            "herald-ctest-{}{:012x}",
+            run_tag(),
+            rand::random::<u64>() >> 16
+        );
         let masters: Vec<String> = nodes.masters().await.into_iter().collect();
         let cut = CutOff { user, masters };
         cut.restore().await;

@@ -21,7 +21,11 @@ const URL: &str = "redis://127.0.0.1:6379/";
 
 fn config(max_len: usize) -> RedisConfig {
     let mut c = RedisConfig::new(URL);
-    c.prefix = format!("herald-test-{}{:012x}", run_tag(), rand::random::<u64>() >> 16);
+    c.prefix = format!(
+        "herald-test-{}{:012x}",
+        run_tag(),
+        rand::random::<u64>() >> 16
+    );
     c.max_len = max_len;
     c.probe_interval = Duration::from_millis(500);
     c
@@ -68,7 +72,11 @@ struct CutOff {
 
 impl CutOff {
     async fn new() -> Self {
-        let user = format!("herald-test-{}{:012x}", run_tag(), rand::random::<u64>() >> 16);
+        let user = format!(
+            "herald-test-{}{:012x}",
+            run_tag(),
+            rand::random::<u64>() >> 16
+        );
         let mut admin = redis().await;
         let _: () = redis::cmd("ACL")
             .arg("SETUSER")
@@ -241,7 +249,11 @@ async fn the_dedupe_window_keeps_the_newest_ids_and_stays_bounded() {
         "a repeat of {newest} (still in the window) was dropped"
     );
     let again = bp.publish(&[key], &event(&forgotten)).await.unwrap();
-    assert_eq!((again.appended, again.repeated), (1, 0), "{forgotten} is new again");
+    assert_eq!(
+        (again.appended, again.repeated),
+        (1, 0),
+        "{forgotten} is new again"
+    );
     let h = bp.history(key, None, 100).await.unwrap();
     assert_eq!(
         h.events.last().unwrap().event.event_id.to_string(),
