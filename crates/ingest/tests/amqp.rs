@@ -574,6 +574,8 @@ async fn a_redelivered_message_yields_one_spend_update_and_one_alert() {
     );
     let stats = run.stats.clone();
     eventually("the acks", || stats.processed.load(Ordering::SeqCst) == 3).await;
+    // The repeat is acked but said: counted as a duplicate, not dropped in silence.
+    assert_eq!(run.stats.duplicates.load(Ordering::SeqCst), 1);
     run.stop().await;
     assert_eq!(broker.count(&base).await, 0);
     broker.cleanup(&cfg).await;
