@@ -284,10 +284,25 @@ async fn post_event(State(api): State<Arc<AdminApi>>, req: Request) -> Result<Re
         traceparent: header_text("traceparent"),
     };
     let p = api.pipeline.process(&body, &meta).await?;
+    // A repeated id is not an error (a client retrying after a timeout must not be told its
+    // event failed) but is said: 200 instead of 202, `duplicate`, and why (docs/protocol.md).
+    if p.duplicate {
+        herald_telemetry::metrics().duplicates.with("http").inc();
+        tracing::info!(event_id = %p.event_id, event_type = p.event_type, "duplicate event over HTTP: its id was already published; nothing sent again");
+        return Ok((
+            StatusCode::OK,
+            Json(json!({
+                "eventId": p.event_id.as_str(),
+                "duplicate": true,
+                "detail": "an event with this id was already published; it was not sent again",
+            })),
+        )
+            .into_response());
+    }
     tracing::debug!(event_id = %p.event_id, event_type = p.event_type, key_id = p.key_id.map(|k| k.get()), published = p.published, alerts = p.alerts, "event accepted over HTTP");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"eventId": p.event_id.as_str()})),
+        Json(json!({"eventId": p.event_id.as_str(), "duplicate": false})),
     )
         .into_response())
 }

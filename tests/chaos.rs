@@ -6,12 +6,18 @@
 //! client must hold every event of its key exactly once, in history-stream order, and every
 //! budget alert must have fired exactly once. docs/reliability.md explains the figures printed.
 //!
-//! Ignored by default (it restarts the shared Redis and RabbitMQ); the test command runs it alone:
+//! The Redis and the RabbitMQ it restarts are its own: a redis-server on a free port and a
+//! RabbitMQ node of `scripts/private-rabbitmq`, both gone when the test ends. The machine's
+//! services are only used for PostgreSQL (its own database, dropped at the end).
+//!
+//! Ignored by default (minutes long, and heavy on a small machine); the test command runs it
+//! alone:
 //!
 //!     cargo test --locked --test chaos -- --ignored --nocapture
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
+use common::process::{PrivateRabbit, PrivateRedis, free_port};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use herald_domain::{Audience, KeyId};
@@ -52,7 +58,7 @@ const RATE: f64 = 70.0;
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(150);
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(60);
-/// A service stop or start (Redis, RabbitMQ) through a shell command.
+/// The longest fault handling (a restart of Redis or RabbitMQ) after the publishing deadline.
 const SERVICE_DEADLINE: Duration = Duration::from_secs(180);
 
 // ---------------------------------------------------------------------------------------------
@@ -163,14 +169,6 @@ async fn wait_ready(addr: SocketAddr, what: &str) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// haproxy in the foreground with deploy/haproxy/haproxy.cfg rendered for our nodes (as
 /// tests/js/helpers.mjs does): its `bind` on a free loopback port, its `server` lines replaced.
 fn start_haproxy(servers: &[SocketAddr], logs: &Path) -> (Proc, SocketAddr) {
@@ -227,60 +225,6 @@ fn start_haproxy(servers: &[SocketAddr], logs: &Path) -> (Proc, SocketAddr) {
     )
 }
 
-/// `scripts/services` (re-checks and starts PostgreSQL, Redis, RabbitMQ) when dropped, so a
-/// failing run never leaves the machine without them.
-struct Services;
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "start_app"])
-            .stdout(Stdio::null())
-            .status();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let _ = Command::new("bash")
-            .arg("-c")
-            .arg(format!("{CLOSE_INHERITED_FDS} exec scripts/services"))
-            .current_dir(root)
-            .status();
-    }
-}
-
-/// Shell prefix closing every inherited descriptor above stderr. A daemon the script starts
-/// (redis-server) would otherwise keep them open for its whole life — among them the lock of
-/// `flock /tmp/herald-shared-services.lock cargo test …`, which would then never be released.
-const CLOSE_INHERITED_FDS: &str = r#"for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null;"#;
-
-/// Runs a shell command to completion (for the service restarts); panics when it fails or
-/// runs longer than SERVICE_DEADLINE (`timeout` kills it: a wedged rabbitmqctl is a failure).
-fn sh(script: &str) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("timeout")
-        .args([
-            "-k",
-            "10",
-            &SERVICE_DEADLINE.as_secs().to_string(),
-            "bash",
-            "-c",
-        ])
-        .arg(format!("{CLOSE_INHERITED_FDS} {script}"))
-        .current_dir(root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "`{script}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-async fn sh_async(script: &'static str) {
-    tokio::task::spawn_blocking(move || sh(script))
-        .await
-        .unwrap();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Publisher
 
@@ -315,6 +259,8 @@ struct PublishStats {
 /// the broker confirmed it (mandatory, so an unroutable message is not a confirmation). On any
 /// error it reconnects with backoff and publishes the same message (same messageId) again.
 struct Publisher {
+    /// The private broker's AMQP URL.
+    url: String,
     exchange: String,
     channel: Option<(Connection, lapin::Channel)>,
     stats: PublishStats,
@@ -332,7 +278,7 @@ impl Publisher {
                 tokio::time::timeout(Duration::from_secs(1), conn.close(200, "retry".into())).await;
         }
         let open = async {
-            let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            let conn = Connection::connect(&self.url, ConnectionProperties::default())
                 .await
                 .map_err(|e| e.to_string())?;
             let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
@@ -654,24 +600,15 @@ fn on_invocation(v: &Value, key: i64, log: &Mutex<ClientLog>) {
 /// A row of `budget_alerts`: (alert id, threshold, generation, source event id, published).
 type AlertRow = (String, i32, i32, String, bool);
 
-/// Everything of this run outside the processes: the queues and private exchanges, the
-/// database and the Redis keys. Removed when dropped (also after a failure).
+/// This run's database on the machine's PostgreSQL (the private Redis and RabbitMQ take
+/// everything else with them). Dropped when this goes (also after a failure).
 struct Cleanup {
-    queue: String,
-    namespace: String,
     database: String,
-    prefix: String,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let queue = self.queue.clone();
-        let exchanges: Vec<String> = herald_domain::vocabulary::bus_names()
-            .map(|t| format!("{}:{t}", self.namespace))
-            .chain([queue.clone()])
-            .collect();
         let database = self.database.clone();
-        let prefix = self.prefix.clone();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -681,24 +618,6 @@ impl Drop for Cleanup {
             };
             rt.block_on(async {
                 let _ = tokio::time::timeout(Duration::from_secs(20), async {
-                    if let Ok(conn) =
-                        Connection::connect(AMQP_URL, ConnectionProperties::default()).await
-                        && let Ok(ch) = conn.create_channel().await
-                    {
-                        for q in [
-                            queue.clone(),
-                            format!("{queue}.dead"),
-                            format!("{queue}.retry"),
-                        ] {
-                            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-                        }
-                        for e in &exchanges {
-                            let _ = ch
-                                .exchange_delete(e.as_str().into(), Default::default())
-                                .await;
-                        }
-                        let _ = conn.close(200, "done".into()).await;
-                    }
                     if let Ok((client, conn)) =
                         tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
                     {
@@ -708,19 +627,6 @@ impl Drop for Cleanup {
                                 "DROP DATABASE IF EXISTS {database} WITH (FORCE)"
                             ))
                             .await;
-                    }
-                    if let Ok(client) = redis::Client::open(REDIS_URL)
-                        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                    {
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("{prefix}*"))
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap_or_default();
-                        for k in keys {
-                            let _: Result<(), _> =
-                                redis::cmd("DEL").arg(k).query_async(&mut conn).await;
-                        }
                     }
                 })
                 .await;
@@ -740,8 +646,11 @@ struct Timeline {
 /// is shut down: pauses every client's writes (`CLIENT PAUSE WRITE`, which also holds the
 /// publish script) for longer than the reads and the shutdown take, then reads the streams.
 /// The caller shuts Redis down at once, so nothing is written to this Redis after the reads.
-async fn snapshot_and_pause(prefix: &str) -> HashMap<i64, Vec<((u64, u64), String)>> {
-    let mut redis = redis::Client::open(REDIS_URL)
+async fn snapshot_and_pause(
+    redis_url: &str,
+    prefix: &str,
+) -> HashMap<i64, Vec<((u64, u64), String)>> {
+    let mut redis = redis::Client::open(redis_url)
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -819,13 +728,18 @@ async fn wait_progress<T>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "restarts the shared Redis and RabbitMQ; run alone: cargo test --test chaos -- --ignored"]
+#[ignore = "minutes long (private Redis and RabbitMQ); run alone: cargo test --test chaos -- --ignored"]
 async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consumer_restarts() {
     let started = Instant::now();
-    let _services = Services;
     let logs = std::env::temp_dir().join(unique("herald-chaos-"));
     std::fs::create_dir_all(&logs).unwrap();
     println!("[chaos] process logs in {}", logs.display());
+
+    // The Redis and RabbitMQ this test stops: its own (dropped last, after the processes).
+    let mut redis = PrivateRedis::volatile_on(free_port(), logs.join("redis"));
+    let rabbit = block(PrivateRabbit::start);
+    let (redis_url, amqp_url) = (redis.url(), rabbit.url());
+    println!("[chaos] private Redis at {redis_url}, private RabbitMQ at {amqp_url}");
 
     // One database, queue, MassTransit namespace and Redis prefix for the whole cluster.
     let database = create_database().await;
@@ -833,24 +747,21 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     let namespace = format!("{queue}.ns");
     let prefix = unique("herald-chaos-");
     let _cleanup = Cleanup {
-        queue: queue.clone(),
-        namespace: namespace.clone(),
         database: database.clone(),
-        prefix: prefix.clone(),
     };
     let bind = herald_domain::vocabulary::bus_names()
         .map(|t| format!("{namespace}:{t}"))
         .collect::<Vec<_>>()
         .join(",");
     let shared = vec![
-        ("HERALD_REDIS_URL", REDIS_URL.to_owned()),
+        ("HERALD_REDIS_URL", redis_url.clone()),
         ("HERALD_DATABASE_URL", database_url(&database)),
         ("HERALD_REDIS_PREFIX", prefix.clone()),
     ];
     let mut consumer_env = shared.clone();
     consumer_env.extend([
         ("HERALD_LISTEN", "127.0.0.1:0".to_owned()),
-        ("HERALD_AMQP_URL", AMQP_URL.to_owned()),
+        ("HERALD_AMQP_URL", amqp_url.clone()),
         ("HERALD_AMQP_QUEUE", queue.clone()),
         ("HERALD_AMQP_BIND", bind),
     ]);
@@ -933,6 +844,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     // Warm-up: one message per key, so every client holds a cursor before anything fails.
     let exchange = format!("{namespace}:SpendUpdated");
     let mut publisher = Publisher {
+        url: amqp_url.clone(),
         exchange: exchange.clone(),
         channel: None,
         stats: PublishStats::default(),
@@ -1042,6 +954,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The quiet key's last messages, published while its client is away.
     let mut quiet_publisher = Publisher {
+        url: amqp_url.clone(),
         exchange: exchange.clone(),
         channel: None,
         stats: PublishStats::default(),
@@ -1060,27 +973,23 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
     // What the wipe destroys, exactly: writes are paused (CLIENT PAUSE WRITE blocks the publish
     // script) while every key's history stream is read, and Redis is shut down before the
     // pause ends. An event in this snapshot may be lost to the wipe; no other event can be.
-    let wiped = snapshot_and_pause(&prefix).await;
-    println!("[chaos] Redis: shutdown nosave (nothing on disk: every stream is wiped)");
-    sh_async(
-        "redis-cli -h 127.0.0.1 -p 6379 shutdown nosave >/dev/null 2>&1 || true; \
-         for i in $(seq 100); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || exit 0; sleep 0.1; done; exit 1",
-    )
-    .await;
+    let wiped = snapshot_and_pause(&redis_url, &prefix).await;
+    println!("[chaos] Redis: kill -9 (nothing on disk: every stream is wiped)");
+    block(|| redis.stop());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    sh_async("source scripts/services && redis_up").await;
+    block(|| redis.start_again());
     timeline.redis_up = Some(Instant::now());
     println!("[chaos] Redis started again (empty)");
     tokio::time::sleep(Duration::from_secs(2)).await;
     offline.store(false, Ordering::SeqCst);
 
     wait_progress(&progress, total / 2, &mut publish_task, publish_deadline).await;
-    println!("[chaos] RabbitMQ: stop_app");
-    let rabbit = Instant::now();
-    sh_async("rabbitmqctl -q stop_app >/dev/null && sleep 1 && rabbitmqctl -q start_app >/dev/null && source scripts/services && rabbit_up").await;
+    println!("[chaos] RabbitMQ (private node): stop_app");
+    let restarting = Instant::now();
+    block(|| rabbit.restart());
     println!(
         "[chaos] RabbitMQ: start_app done after {:.1}s",
-        rabbit.elapsed().as_secs_f64()
+        restarting.elapsed().as_secs_f64()
     );
 
     wait_progress(
@@ -1243,7 +1152,7 @@ async fn chaos_nothing_lost_or_duplicated_across_node_redis_rabbitmq_and_consume
         )
         .await
         .unwrap();
-    let mut redis = redis::Client::open(REDIS_URL)
+    let mut redis = redis::Client::open(redis_url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await

@@ -236,3 +236,83 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_the_next_good_
         "{reasons:?}"
     );
 }
+
+/// `POST /v1/events` of the same event id twice (docs/events.md, envelopes): the first
+/// is `202` and delivered, the second `200` with `"duplicate": true` and a reason, delivered to
+/// no one, and counted. A marker posted after the repeat arrives next: the repeat sent nothing.
+#[tokio::test]
+async fn a_repeated_event_id_over_http_is_answered_as_a_duplicate_and_delivered_once() {
+    let app = spawn_app().await;
+    let key = app.create_key(43, None).await;
+    let mut client = SignalR::connect(&app.ws_url("/hubs/spend", &format!("access_token={key}")))
+        .await
+        .unwrap();
+    let auth = format!("Bearer {MASTER_KEY}");
+    let post = |id: &'static str, total: &'static str| {
+        let auth = auth.clone();
+        let addr = app.addr;
+        async move {
+            let body = format!(
+                r#"{{"specversion":"1.0","id":"{id}","source":"/billing","type":"SpendUpdated","time":"2026-11-22T10:00:00Z","datacontenttype":"application/json","data":{{"keyId":43,"amount":1,"newTotalSpend":{total}}}}}"#
+            );
+            http(
+                addr,
+                "POST",
+                "/v1/events",
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/cloudevents+json"),
+                ],
+                &body,
+            )
+            .await
+        }
+    };
+
+    let first = post("h-1", "1").await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.json()["duplicate"], false, "{}", first.body);
+    let again = post("h-1", "1").await;
+    assert_eq!(
+        again.status, 200,
+        "a repeat is not an error: {}",
+        again.body
+    );
+    let body = again.json();
+    assert_eq!(body["duplicate"], true, "{body}");
+    assert_eq!(body["eventId"], "h-1", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("already")),
+        "the answer says why: {body}"
+    );
+    let marker = post("h-2", "2").await;
+    assert_eq!(marker.status, 202, "{}", marker.body);
+
+    let got: Vec<_> = [
+        client.next_invocation(WAIT).await,
+        client.next_invocation(WAIT).await,
+    ]
+    .into_iter()
+    .map(|m| {
+        let (name, ev) = m.expect("an event");
+        format!("{name}:{}", ev["eventId"].as_str().unwrap_or("?"))
+    })
+    .collect();
+    assert_eq!(
+        got,
+        ["SpendUpdate:h-1", "SpendUpdate:h-2"],
+        "h-1 once, then the marker"
+    );
+    let metrics = herald_telemetry::metrics().render("n", "standalone");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_duplicate_events_total{") && l.contains("source=\"http\""))
+        .unwrap_or_default();
+    let counted: f64 = line
+        .rsplit_once(' ')
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(counted >= 1.0, "counted: {line:?}");
+}

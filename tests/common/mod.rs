@@ -54,8 +54,21 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
 }
 
+/// A fresh name: `prefix`, the run's tag, 12 random hex digits. The tag (`HERALD_TEST_RUN`,
+/// set by `scripts/test`) lets the test command find and count everything its run created
+/// among what concurrent runs on the same services create.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{:012x}", rand::random::<u64>() >> 16)
+    format!("{prefix}{}{:012x}", run_tag(), rand::random::<u64>() >> 16)
+}
+
+/// `HERALD_TEST_RUN` reduced to lowercase letters and digits (it goes into database, queue and
+/// Redis key names); empty outside the test command.
+pub fn run_tag() -> String {
+    std::env::var("HERALD_TEST_RUN")
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect()
 }
 
 pub async fn create_database() -> String {

@@ -1,5 +1,6 @@
 //! Herald as real processes, and dependencies a test may stop without disturbing others: a
-//! private redis-server and a TCP proxy that can cut connections (e.g. to PostgreSQL).
+//! private redis-server, a private RabbitMQ node and a TCP proxy that can cut connections
+//! (e.g. to PostgreSQL).
 #![allow(dead_code)]
 
 use super::*;
@@ -199,7 +200,6 @@ pub async fn publish_mt(exchange: &str, body: &str, headers: &[(&str, &str)]) {
     .await;
 }
 
-/// A private redis-server on a free port, so stopping it disturbs no other test.
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -209,47 +209,75 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A private redis-server on a free port, so stopping it disturbs no other test.
 pub struct PrivateRedis {
     child: Option<Child>,
     dir: PathBuf,
+    port: u16,
+    persistent: bool,
 }
 
 impl PrivateRedis {
+    /// With an append-only file in `dir`: stopping and starting it again is a restart, not a
+    /// wipe (production runs AOF).
     pub fn start_on(port: u16, dir: PathBuf) -> Self {
+        Self::start(port, dir, true)
+    }
+
+    /// With nothing on disk: stopping it wipes it, as the chaos test wants.
+    pub fn volatile_on(port: u16, dir: PathBuf) -> Self {
+        Self::start(port, dir, false)
+    }
+
+    fn start(port: u16, dir: PathBuf, persistent: bool) -> Self {
         std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Self {
+            child: None,
+            dir,
+            port,
+            persistent,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        if self.persistent {
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            args.extend(["--appendonly", "no"]);
+        }
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                // Restarting it on the same dir is a restart, not a wipe (production runs AOF).
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                dir.to_str().unwrap(),
-            ])
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
-        let r = Self {
-            child: Some(child),
-            dir,
-        };
+        self.child = Some(child);
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return r;
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("private redis-server did not start on {port}");
     }
 
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts it again on the same port and dir after `stop`.
+    pub fn start_again(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// SIGKILL: a volatile instance loses everything, a persistent one keeps its AOF.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -263,6 +291,69 @@ impl Drop for PrivateRedis {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A private RabbitMQ node (`scripts/private-rabbitmq`) on free ports with its own data, so a
+/// test may stop and start the broker without touching the machine's. Stopped and its
+/// directory removed when dropped.
+pub struct PrivateRabbit {
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl PrivateRabbit {
+    /// Starts the node (a few seconds) and waits until it accepts AMQP.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("herald-test-rabbitmq-"));
+        let out = private_rabbitmq(&["start", dir.to_str().unwrap()]);
+        let port = String::from_utf8_lossy(&out)
+            .trim()
+            .parse()
+            .expect("scripts/private-rabbitmq start prints the AMQP port");
+        Self { dir, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `stop_app` then `start_app`: every connection is closed, durable queues and their
+    /// persistent messages stay. Returns once it accepts AMQP again.
+    pub fn restart(&self) {
+        private_rabbitmq(&["restart", self.dir.to_str().unwrap()]);
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/private-rabbitmq"))
+            .args(["stop", self.dir.to_str().unwrap_or_default()])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `scripts/private-rabbitmq ARGS` under a deadline (`timeout`); panics on failure with
+/// its stderr. Returns stdout.
+fn private_rabbitmq(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("timeout")
+        .args(["-k", "10", "240"])
+        .arg(repo_root().join("scripts/private-rabbitmq"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("timeout and bash are installed");
+    assert!(
+        out.status.success(),
+        "scripts/private-rabbitmq {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// A TCP proxy in front of a real service (its tasks need a multi-threaded test runtime when

@@ -17,7 +17,10 @@ export const AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f";
 export const REDIS_URL = "redis://127.0.0.1:6379/";
 export const MASTER_KEY = "js-test-master-key-0123456789";
 
-export const unique = (prefix) => `${prefix}${randomBytes(6).toString("hex")}`;
+// The test command's run tag (HERALD_TEST_RUN, docs/testing.md) goes into every name, so
+// scripts/test can count and remove what its run left behind.
+const RUN_TAG = (process.env.HERALD_TEST_RUN ?? "").replace(/[^a-z0-9]/g, "");
+export const unique = (prefix) => `${prefix}${RUN_TAG}${randomBytes(6).toString("hex")}`;
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Everything a test started, torn down in reverse order. */
@@ -108,7 +111,7 @@ export class Fixture {
       .replace(/^(\s*bind\s+)\S+/m, `$1127.0.0.1:${port}`)
       .replace(/^\s*server\s+gateway-\d+.*$/gm, "")
       .replace(/^(backend gateways\b.*)$/m, (m) => m + "\n" + servers.map((s, i) => `    server node${i} ${s} check inter 500ms`).join("\n"));
-    const dir = mkdtempSync(join(tmpdir(), "herald-haproxy-"));
+    const dir = mkdtempSync(join(tmpdir(), `herald-haproxy-${RUN_TAG}`));
     const file = join(dir, "haproxy.cfg");
     writeFileSync(file, cfg);
     try {

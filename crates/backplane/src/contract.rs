@@ -17,6 +17,32 @@ pub enum BackplaneError {
     Unavailable(#[source] Cause),
 }
 
+/// What one publish did: per audience, appended, or skipped because the audience already
+/// had an event with this id (within its dedupe window: the newest `2 × max_len` ids, kept
+/// as long as the history).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    pub appended: usize,
+    pub repeated: usize,
+}
+
+impl Published {
+    /// Every audience already had it: nothing was sent to anyone.
+    pub fn is_repeat(&self) -> bool {
+        self.appended == 0 && self.repeated > 0
+    }
+}
+
+impl std::ops::Add for Published {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            appended: self.appended + o.appended,
+            repeated: self.repeated + o.repeated,
+        }
+    }
+}
+
 /// Events read back from an audience's history.
 #[derive(Debug, Default)]
 pub struct History {
@@ -31,12 +57,13 @@ pub struct History {
 pub trait Backplane: Send + Sync + 'static {
     /// Appends `event` to each audience's history stream and publishes it on the audience's
     /// live channel. Idempotent per (audience, event id): publishing the same event again
-    /// changes nothing. When it returns `Ok` the event is durable in the backplane.
+    /// changes nothing, and the answer says for how many audiences that was so. When it
+    /// returns `Ok` the event is durable in the backplane.
     async fn publish(
         &self,
         audiences: &[Audience],
         event: &OutboundEvent,
-    ) -> Result<(), BackplaneError>;
+    ) -> Result<Published, BackplaneError>;
 
     /// Registers a local listener. Returns once the node's subscription to the audience's live
     /// channel is active, so everything published afterwards reaches `mailbox`. Dropping the

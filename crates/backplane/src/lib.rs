@@ -22,7 +22,7 @@ mod script;
 mod streams;
 mod subscriber;
 
-pub use contract::{Backplane, BackplaneError, History, SharedBackplane, TASK_TTL};
+pub use contract::{Backplane, BackplaneError, History, Published, SharedBackplane, TASK_TTL};
 pub use delivery::Delivery;
 pub use mailbox::{Mailbox, MailboxReceiver, Received};
 pub use memory::MemoryBackplane;

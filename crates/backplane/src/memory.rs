@@ -1,6 +1,6 @@
 //! In-process backplane for `standalone` without Redis: the same semantics (dedupe, bounded
 //! history, live fan-out) within one process.
-use crate::contract::{Backplane, BackplaneError, History};
+use crate::contract::{Backplane, BackplaneError, History, Published};
 use crate::delivery::Delivery;
 use crate::mailbox::Mailbox;
 use crate::position::Position;
@@ -62,14 +62,17 @@ impl Backplane for MemoryBackplane {
         &self,
         audiences: &[Audience],
         event: &OutboundEvent,
-    ) -> Result<(), BackplaneError> {
+    ) -> Result<Published, BackplaneError> {
         let event = Arc::new(event.clone());
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut done = Published::default();
         for &audience in audiences {
             let s = streams.entry(audience).or_default();
             if !s.seen.insert(event.event_id.clone()) {
+                done.repeated += 1;
                 continue;
             }
+            done.appended += 1;
             let position = Self::next_position(s.last);
             s.last = position;
             let d = Delivery {
@@ -87,7 +90,7 @@ impl Backplane for MemoryBackplane {
             // Under the streams lock, so every listener sees stream order.
             self.router.dispatch(&d);
         }
-        Ok(())
+        Ok(done)
     }
 
     async fn subscribe(

@@ -13,7 +13,7 @@
 //! subscriber uses sharded pub/sub (SSUBSCRIBE) on the shard owning each channel.
 use crate::cluster::{ClusterSubscriber, ClusterTarget};
 use crate::connection::{Checked, Conn, Target};
-use crate::contract::{Backplane, BackplaneError, History, unavailable};
+use crate::contract::{Backplane, BackplaneError, History, Published, unavailable};
 use crate::entries::parse_entry;
 use crate::keys::RedisKeys;
 use crate::mailbox::Mailbox;
@@ -84,7 +84,7 @@ struct Entry {
     data: Arc<str>,
 }
 
-type PublishBatcher = herald_coalesce::Coalescer<Vec<Entry>, (), BackplaneError>;
+type PublishBatcher = herald_coalesce::Coalescer<Vec<Entry>, Published, BackplaneError>;
 
 pub struct RedisBackplane {
     target: Target,
@@ -162,8 +162,8 @@ impl RedisBackplane {
                             let bp = me
                                 .upgrade()
                                 .ok_or_else(|| unavailable("backplane dropped"))?;
-                            bp.run_publish_script(events.iter().flatten()).await?;
-                            Ok(vec![(); events.len()])
+                            let skipped = bp.run_publish_script(events.iter().flatten()).await?;
+                            Ok(outcomes(&events, &skipped))
                         }
                     })
                 }),
@@ -238,11 +238,12 @@ impl RedisBackplane {
         Ok(c)
     }
 
-    /// One call of the publish script on `entries` (which must share a slot on a cluster).
+    /// One call of the publish script on `entries` (which must share a slot on a cluster):
+    /// the places (in `entries`) of those skipped as already published.
     async fn run_publish_script(
         &self,
         entries: impl Iterator<Item = &Entry>,
-    ) -> Result<(), BackplaneError> {
+    ) -> Result<Vec<usize>, BackplaneError> {
         let mut conn = self.conn().await?;
         let (max_len, ttl_ms, last_ttl_ms) = self.config.publish_script_limits();
         let mut inv = self.script.prepare_invoke();
@@ -255,10 +256,9 @@ impl RedisBackplane {
                 .arg(&e.event_id)
                 .arg(&*e.data);
         }
-        inv.invoke_async::<Value>(&mut conn)
+        inv.invoke_async::<Vec<usize>>(&mut conn)
             .await
-            .map_err(unavailable)?;
-        Ok(())
+            .map_err(unavailable)
     }
 
     /// `CLUSTER SLOTS` from any node (cluster only).
@@ -346,13 +346,31 @@ impl RedisBackplane {
     }
 }
 
+/// Each event's outcome from one batched script call over all their entries (in order):
+/// `skipped` holds the places of the entries the script skipped as already published.
+fn outcomes(events: &[Vec<Entry>], skipped: &[usize]) -> Vec<Published> {
+    let mut start = 0;
+    events
+        .iter()
+        .map(|entries| {
+            let end = start + entries.len();
+            let repeated = skipped.iter().filter(|&&i| i >= start && i < end).count();
+            start = end;
+            Published {
+                appended: entries.len() - repeated,
+                repeated,
+            }
+        })
+        .collect()
+}
+
 #[async_trait]
 impl Backplane for RedisBackplane {
     async fn publish(
         &self,
         audiences: &[Audience],
         event: &OutboundEvent,
-    ) -> Result<(), BackplaneError> {
+    ) -> Result<Published, BackplaneError> {
         let data: Arc<str> = serde_json::to_string(event).map_err(unavailable)?.into();
         let entries: Vec<Entry> = audiences
             .iter()
@@ -375,10 +393,15 @@ impl Backplane for RedisBackplane {
                 let calls = entries
                     .iter()
                     .map(|one| self.run_publish_script(std::iter::once(one)));
+                let mut done = Published::default();
                 for r in futures_util::future::join_all(calls).await {
-                    r?;
+                    if r?.is_empty() {
+                        done.appended += 1;
+                    } else {
+                        done.repeated += 1;
+                    }
                 }
-                Ok(())
+                Ok(done)
             }
         }
     }

@@ -2,8 +2,8 @@
 //! audience) and the task registry's write.
 /// Appends a batch of (audience, event) entries in one call. Per entry, KEYS: stream, seen,
 /// last; ARGV: channel, event id, data, after three shared ARGV: maxlen, ttl ms, last ttl ms.
-/// An entry whose event id the audience has already published is skipped. Returns how many
-/// entries were appended.
+/// An entry whose event id the audience has already published is skipped. Returns the
+/// 0-based places of the entries skipped that way (usually none: an empty array costs nothing).
 ///
 /// Each entry records the id of the one before it in its stream (`p`), so a reader can tell
 /// whether entries between its cursor and the oldest entry still held were trimmed, expired or
@@ -28,7 +28,7 @@ local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local base = now_ms * 1024
 local prev, touched, refresh = {}, {}, {}
-local added = 0
+local skipped = {}
 for j = 0, #KEYS / 3 - 1 do
   local stream, seen, last = KEYS[3 * j + 1], KEYS[3 * j + 2], KEYS[3 * j + 3]
   local eid, data = ARGV[3 * j + 5], ARGV[3 * j + 6]
@@ -43,7 +43,8 @@ for j = 0, #KEYS / 3 - 1 do
     local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', data, 'p', p)
     prev[last] = id
     redis.call('PUBLISH', ARGV[3 * j + 4], id .. ' ' .. data)
-    added = added + 1
+  else
+    skipped[#skipped + 1] = j
   end
 end
 for _, j in ipairs(touched) do
@@ -55,7 +56,7 @@ for _, j in ipairs(touched) do
     redis.call('PEXPIRE', seen, ttl + slice)
   end
 end
-return added
+return skipped
 "#;
 
 /// The publish script for Redis Cluster: the channel shares the audience's hash tag, so the

@@ -16,6 +16,16 @@ use tokio::sync::RwLock;
 
 static FAULTS: RwLock<()> = RwLock::const_new(());
 
+/// The test command's run tag (`HERALD_TEST_RUN`, docs/testing.md) goes into every name this
+/// test creates, so `scripts/test` can count and remove what its run left behind.
+fn run_tag() -> String {
+    std::env::var("HERALD_TEST_RUN")
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect()
+}
+
 /// The cluster's node list, or `None` when it is not configured: then the test fails under the
 /// test command or CI (`HERALD_TEST_STRICT`, `CI`), else it says on the real stderr (not the
 /// captured output) that it skipped.
@@ -53,7 +63,11 @@ fn url(nodes: &str) -> String {
 
 fn config(nodes: &str, max_len: usize) -> RedisConfig {
     let mut c = RedisConfig::new(url(nodes));
-    c.prefix = format!("herald-ctest-{:012x}", rand::random::<u64>() >> 16);
+    c.prefix = format!(
+        "herald-ctest-{}{:012x}",
+        run_tag(),
+        rand::random::<u64>() >> 16
+    );
     c.max_len = max_len;
     c.probe_interval = Duration::from_millis(500);
     c
@@ -90,7 +104,7 @@ async fn publish_retrying(bp: &RedisBackplane, audiences: &[Audience], id: &str)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         match bp.publish(audiences, &event(id)).await {
-            Ok(()) => return,
+            Ok(_) => return,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 eprintln!("publish {id} failed, retrying: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -111,7 +125,11 @@ struct CutOff {
 
 impl CutOff {
     async fn new(nodes: &Nodes) -> Self {
-        let user = format!("herald-ctest-{:012x}", rand::random::<u64>() >> 16);
+        let user = format!(
+            "herald-ctest-{}{:012x}",
+            run_tag(),
+            rand::random::<u64>() >> 16
+        );
         let masters: Vec<String> = nodes.masters().await.into_iter().collect();
         let cut = CutOff { user, masters };
         cut.restore().await;

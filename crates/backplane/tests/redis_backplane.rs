@@ -7,11 +7,25 @@ use herald_domain::{Audience, EventId, KeyId, OutboundEvent};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The test command's run tag (`HERALD_TEST_RUN`, docs/testing.md) goes into every name this
+/// test creates, so `scripts/test` can count and remove what its run left behind.
+fn run_tag() -> String {
+    std::env::var("HERALD_TEST_RUN")
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect()
+}
+
 const URL: &str = "redis://127.0.0.1:6379/";
 
 fn config(max_len: usize) -> RedisConfig {
     let mut c = RedisConfig::new(URL);
-    c.prefix = format!("herald-test-{:012x}", rand::random::<u64>() >> 16);
+    c.prefix = format!(
+        "herald-test-{}{:012x}",
+        run_tag(),
+        rand::random::<u64>() >> 16
+    );
     c.max_len = max_len;
     c.probe_interval = Duration::from_millis(500);
     c
@@ -58,7 +72,11 @@ struct CutOff {
 
 impl CutOff {
     async fn new() -> Self {
-        let user = format!("herald-test-{:012x}", rand::random::<u64>() >> 16);
+        let user = format!(
+            "herald-test-{}{:012x}",
+            run_tag(),
+            rand::random::<u64>() >> 16
+        );
         let mut admin = redis().await;
         let _: () = redis::cmd("ACL")
             .arg("SETUSER")
@@ -223,13 +241,19 @@ async fn the_dedupe_window_keeps_the_newest_ids_and_stays_bounded() {
         .find(|id| !held.contains(id))
         .unwrap();
     let before = bp.history(key, None, 100).await.unwrap().events.len();
-    bp.publish(&[key], &event(&newest)).await.unwrap();
+    let repeat = bp.publish(&[key], &event(&newest)).await.unwrap();
+    assert!(repeat.is_repeat(), "the repeat is reported: {repeat:?}");
     let after_repeat = bp.history(key, None, 100).await.unwrap().events.len();
     assert_eq!(
         after_repeat, before,
         "a repeat of {newest} (still in the window) was dropped"
     );
-    bp.publish(&[key], &event(&forgotten)).await.unwrap();
+    let again = bp.publish(&[key], &event(&forgotten)).await.unwrap();
+    assert_eq!(
+        (again.appended, again.repeated),
+        (1, 0),
+        "{forgotten} is new again"
+    );
     let h = bp.history(key, None, 100).await.unwrap();
     assert_eq!(
         h.events.last().unwrap().event.event_id.to_string(),
@@ -298,8 +322,16 @@ async fn concurrent_publishes_are_batched_without_loss_repeat_or_gap() {
             }));
         }
     }
+    // Of each pair, one call appended to both audiences and the other reports a repeat, even
+    // when the two shared a batched script call.
+    let mut outcomes = Vec::new();
     for t in tasks {
-        t.await.unwrap().unwrap();
+        outcomes.push(t.await.unwrap().unwrap());
+    }
+    for (i, pair) in outcomes.chunks(2).enumerate() {
+        let mut got: Vec<_> = pair.iter().map(|p| (p.appended, p.repeated)).collect();
+        got.sort();
+        assert_eq!(got, [(0, 2), (2, 0)], "event e{i}");
     }
     let admin = bp.history(Audience::Admin, None, 5000).await.unwrap();
     assert!(!admin.gap);

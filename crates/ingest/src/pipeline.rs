@@ -7,7 +7,7 @@
 //! store fires each (key, period, threshold) once and keeps returning a fired alert until it is
 //! marked published.
 use crate::envelope::{self, MessageMeta};
-use herald_backplane::{BackplaneError, SharedBackplane};
+use herald_backplane::{BackplaneError, Published, SharedBackplane};
 use herald_domain::budget::SpendFacts;
 use herald_domain::key_change::VirtualKeyChanged;
 use herald_domain::task::{TaskEvent, TaskState};
@@ -92,6 +92,9 @@ pub struct Processed {
     pub published: usize,
     /// Budget alerts among `published`.
     pub alerts: usize,
+    /// The event's id was already published to every audience of its own outbound events
+    /// (a repeat within the backplane's dedupe window): nothing new was sent to anyone.
+    pub duplicate: bool,
 }
 
 #[derive(Clone)]
@@ -158,7 +161,11 @@ impl Pipeline {
     }
 
     /// Publishes one event to its audiences in a `herald.publish` span, timed and counted.
-    async fn publish(&self, audiences: &[Audience], event: &OutboundEvent) -> Result<(), Failure> {
+    async fn publish(
+        &self,
+        audiences: &[Audience],
+        event: &OutboundEvent,
+    ) -> Result<Published, Failure> {
         let span = trace::child_of(event.traceparent.as_deref(), || {
             tracing::info_span!(
                 "herald.publish",
@@ -179,7 +186,7 @@ impl Pipeline {
         let m = metrics();
         m.backplane_publish_seconds.observe(started.elapsed());
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 for a in audiences {
                     m.published.with(audience_kind(*a)).inc();
                 }
@@ -279,9 +286,12 @@ impl Pipeline {
         key_id: Option<KeyId>,
         events: &[OutboundEvent],
     ) -> Result<Processed, Failure> {
+        let mut done = Published::default();
         for e in events {
-            self.publish(Self::audiences(ev, e, key_id).as_slice(), e)
-                .await?;
+            done = done
+                + self
+                    .publish(Self::audiences(ev, e, key_id).as_slice(), e)
+                    .await?;
         }
         Ok(Processed {
             event_id: ev.id.clone(),
@@ -289,6 +299,7 @@ impl Pipeline {
             key_id,
             published: events.len(),
             alerts: 0,
+            duplicate: done.is_repeat(),
         })
     }
 
@@ -385,11 +396,12 @@ impl Pipeline {
         let pending = outcome.pending;
 
         let update = OutboundEvent::spend_update(ev, s, key_id, budget);
-        self.publish(
-            Self::audiences(ev, &update, Some(key_id)).as_slice(),
-            &update,
-        )
-        .await?;
+        let done = self
+            .publish(
+                Self::audiences(ev, &update, Some(key_id)).as_slice(),
+                &update,
+            )
+            .await?;
         let mut alerts = 0;
         for alert in pending {
             let mut event = alert.event;
@@ -413,6 +425,7 @@ impl Pipeline {
             key_id: Some(key_id),
             published: 1 + alerts,
             alerts,
+            duplicate: done.is_repeat(),
         })
     }
 }
@@ -766,9 +779,11 @@ mod tests {
         key(&f.store, 1, Some("100")).await;
         let (mut rx, _s) = listen(&f.backplane, Audience::Key(KeyId::new(1).unwrap())).await;
         let body = mt("m-1", r#"{"keyId":1,"amount":80,"newTotalSpend":80}"#);
-        f.pipeline.process(&body, &meta()).await.unwrap();
+        let first = f.pipeline.process(&body, &meta()).await.unwrap();
+        assert!(!first.duplicate);
         let again = f.pipeline.process(&body, &meta()).await.unwrap();
         assert_eq!(again.alerts, 0);
+        assert!(again.duplicate, "the repeat is reported as a duplicate");
         let names: Vec<_> = drain(&mut rx).into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["SpendUpdate", "BudgetAlert"]);
     }

@@ -23,6 +23,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The test command's run tag (`HERALD_TEST_RUN`, docs/testing.md) goes into every name this
+/// test creates, so `scripts/test` can count and remove what its run left behind.
+fn run_tag() -> String {
+    std::env::var("HERALD_TEST_RUN")
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect()
+}
+
 const WAIT: Duration = Duration::from_secs(15);
 
 fn url() -> String {
@@ -31,7 +41,11 @@ fn url() -> String {
 }
 
 fn unique() -> String {
-    format!("herald.test.{}", hex::encode(rand::random::<[u8; 6]>()))
+    format!(
+        "herald.test.{}{}",
+        run_tag(),
+        hex::encode(rand::random::<[u8; 6]>())
+    )
 }
 
 /// Until `cond` holds, or panics after [`WAIT`]. Polling, not a timing assertion.
@@ -560,6 +574,8 @@ async fn a_redelivered_message_yields_one_spend_update_and_one_alert() {
     );
     let stats = run.stats.clone();
     eventually("the acks", || stats.processed.load(Ordering::SeqCst) == 3).await;
+    // The repeat is acked but said: counted as a duplicate, not dropped in silence.
+    assert_eq!(run.stats.duplicates.load(Ordering::SeqCst), 1);
     run.stop().await;
     assert_eq!(broker.count(&base).await, 0);
     broker.cleanup(&cfg).await;

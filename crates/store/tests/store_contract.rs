@@ -10,6 +10,16 @@ use rust_decimal::Decimal;
 use std::str::FromStr;
 use std::sync::Arc;
 
+/// The test command's run tag (`HERALD_TEST_RUN`, docs/testing.md) goes into every name this
+/// test creates, so `scripts/test` can count and remove what its run left behind.
+fn run_tag() -> String {
+    std::env::var("HERALD_TEST_RUN")
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect()
+}
+
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// A fresh, migrated database; dropped when the guard goes.
@@ -20,7 +30,7 @@ struct TestDb {
 
 impl TestDb {
     async fn new() -> Self {
-        let name = format!("herald_store_{:016x}", rand::random::<u64>());
+        let name = format!("herald_store_{}{:016x}", run_tag(), rand::random::<u64>());
         let (client, conn) = tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls)
             .await
             .expect("postgres reachable");

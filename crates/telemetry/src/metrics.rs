@@ -159,6 +159,8 @@ pub struct Metrics {
     pub consumer_inflight: Gauge,
     pub dead_lettered: Family<Counter>,
     pub published: Family<Counter>,
+    /// Inbound events whose id the backplane already had, by source (`amqp`, `http`).
+    pub duplicates: Family<Counter>,
     pub delivered: Family<Counter>,
     pub alerts_fired: Family<Counter>,
     pub backplane_publish_seconds: Histogram,
@@ -189,6 +191,7 @@ impl Metrics {
             consumer_inflight: Gauge::default(),
             dead_lettered: Family::new(Counter::default),
             published: Family::new(Counter::default),
+            duplicates: Family::new(Counter::default),
             delivered: Family::new(Counter::default),
             alerts_fired: Family::new(Counter::default),
             backplane_publish_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -238,7 +241,7 @@ impl Metrics {
             "herald_http_connections{{{base}}} {}",
             self.http_connections.get()
         );
-        let families: [(&str, &str, &str, &Family<Counter>); 12] = [
+        let families: [(&str, &str, &str, &Family<Counter>); 13] = [
             (
                 "herald_http_refused_total",
                 "Connections and requests refused or closed by the HTTP limits, by reason (connection_limit, header_timeout, idle_timeout, body_timeout, body_too_large, content_type, auth_throttled).",
@@ -274,6 +277,12 @@ impl Metrics {
                 "Events published to the backplane, by audience kind (one per audience).",
                 "audience",
                 &self.published,
+            ),
+            (
+                "herald_duplicate_events_total",
+                "Inbound events dropped because their id was already published (nothing sent again), by source.",
+                "source",
+                &self.duplicates,
             ),
             (
                 "herald_events_delivered_total",

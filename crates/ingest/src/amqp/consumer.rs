@@ -40,6 +40,8 @@ pub struct ConsumerStats {
     pub retries: AtomicU64,
     /// Deliveries the broker flagged as redelivered.
     pub redelivered: AtomicU64,
+    /// Messages whose event id was already published (acked; nothing sent again).
+    pub duplicates: AtomicU64,
     /// Connections lost or failed to set up.
     pub reconnects: AtomicU64,
 }

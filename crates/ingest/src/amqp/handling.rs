@@ -49,6 +49,13 @@ impl Consumer {
                 Ok(p) => {
                     self.stats.processed.fetch_add(1, Ordering::Relaxed);
                     metrics().consumed.with(p.event_type).inc();
+                    // A redelivery after a crash, a second publish by the producer: safe to
+                    // ack, but said and counted rather than dropped in silence.
+                    if p.duplicate {
+                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        metrics().duplicates.with("amqp").inc();
+                        tracing::info!(event_id = %p.event_id, event_type = p.event_type, redelivered = delivery.redelivered, "duplicate event: its id was already published; acked, nothing sent again");
+                    }
                     return Ok(Handled::Done(delivery.delivery_tag, delivery.acker));
                 }
                 Err(Failure::Rejected(reason)) => {
