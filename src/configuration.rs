@@ -5,10 +5,9 @@
 //! Secrets are not clap arguments: they are read from the environment only ([`ENV_ONLY`]), so
 //! they never show in process listings, in `--help` or in `Debug` output.
 use crate::values::{
-    Exchanges, allowed_origins, amqp_url, at_least_one, boolean, drain_window, duration,
-    exchanges, header_name, history_maxlen, history_ttl, hostname, listen_address,
-    long_poll_timeout, node_id, postgres_url, prefetch,
-    queue_name, redis_prefix, redis_url, thresholds, without_userinfo,
+    Exchanges, allowed_origins, amqp_url, at_least_one, boolean, drain_window, duration, exchanges,
+    header_name, history_maxlen, history_ttl, hostname, listen_address, long_poll_timeout, node_id,
+    postgres_url, prefetch, queue_name, redis_prefix, redis_url, thresholds, without_userinfo,
 };
 use clap::{Arg, Args, FromArgMatches};
 use herald_domain::thresholds::Thresholds;

@@ -139,6 +139,8 @@ pub struct ConnSpec {
     /// Path of the hub (`/hubs/spend`, `/hub`, `/socket.io/`).
     pub path: Arc<str>,
     pub negotiate: bool,
+    /// Long polling instead of a WebSocket (negotiates first).
+    pub long_polling: bool,
     pub source: Option<IpAddr>,
 }
 
@@ -158,21 +160,33 @@ pub async fn run_connection(spec: ConnSpec, shared: Arc<Shared>) {
         let base = &urls[(spec.index + attempt as usize) % urls.len()];
         let permit = shared.connect_gate.acquire().await;
         let cursor = shared.track(spec.index).cursor.clone();
-        let conn = tokio::time::timeout(
-            Duration::from_secs(20),
-            connect(&spec, base, cursor.as_deref(), shared.protocol),
-        )
+        let conn = tokio::time::timeout(Duration::from_secs(20), async {
+            if spec.long_polling {
+                crate::longpoll::connect(&spec.path, &spec.token, base, cursor.as_deref())
+                    .await
+                    .map(Open::LongPoll)
+            } else {
+                connect(&spec, base, cursor.as_deref(), shared.protocol)
+                    .await
+                    .map(|(ws, rest)| Open::WebSocket(ws, rest))
+            }
+        })
         .await
         .unwrap_or_else(|_| Err("connect timed out".into()));
         drop(permit);
         match conn {
-            Ok((ws, rest)) => {
+            Ok(open) => {
                 attempt = 0;
                 ever = true;
                 shared.track(spec.index).connected = true;
                 shared.connects.fetch_add(1, Ordering::Relaxed);
                 shared.connected.fetch_add(1, Ordering::Relaxed);
-                let _ = session(ws, rest, &spec, &shared).await;
+                let _ = match open {
+                    Open::WebSocket(ws, rest) => session(ws, rest, &spec, &shared).await,
+                    Open::LongPoll(lp) => {
+                        crate::longpoll::session(lp, |r| records(r, &spec, &shared)).await
+                    }
+                };
                 shared.connected.fetch_sub(1, Ordering::Relaxed);
                 shared.disconnects.fetch_add(1, Ordering::Relaxed);
                 if !shared.reconnect {
@@ -197,6 +211,12 @@ pub async fn run_connection(spec: ConnSpec, shared: Arc<Shared>) {
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A connection that completed its handshake.
+enum Open {
+    WebSocket(Ws, String),
+    LongPoll(crate::longpoll::LongPoll),
+}
 
 /// Connects and completes the protocol handshake. Returns the socket and any records that
 /// arrived in the same frame as the handshake answer.
@@ -331,7 +351,7 @@ async fn session(mut ws: Ws, rest: String, spec: &ConnSpec, shared: &Shared) -> 
 }
 
 /// Handles the SignalR records of one frame; `Err` when the server sent Close.
-fn records(frame: &str, spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
+pub(crate) fn records(frame: &str, spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
     for rec in codec::records(frame) {
         if rec.starts_with("{\"type\":6") {
             continue;

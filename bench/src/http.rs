@@ -38,17 +38,29 @@ impl Http {
         bearer: Option<&str>,
         body: &str,
     ) -> Result<Response, Error> {
-        match self.try_post(path, bearer, body).await {
+        self.request("POST", path, bearer, body).await
+    }
+
+    /// Any method; reconnects once if the kept-alive connection went away.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: &str,
+    ) -> Result<Response, Error> {
+        match self.try_request(method, path, bearer, body).await {
             Ok(r) => Ok(r),
             Err(_) => {
                 self.conn = None;
-                self.try_post(path, bearer, body).await
+                self.try_request(method, path, bearer, body).await
             }
         }
     }
 
-    async fn try_post(
+    async fn try_request(
         &mut self,
+        method: &str,
         path: &str,
         bearer: Option<&str>,
         body: &str,
@@ -63,7 +75,7 @@ impl Http {
             .map(|b| format!("Authorization: Bearer {b}\r\n"))
             .unwrap_or_default();
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
             body.len()
         );

@@ -9,6 +9,7 @@
 mod client;
 mod error;
 mod http;
+mod longpoll;
 mod procfs;
 mod publish;
 
@@ -62,6 +63,9 @@ struct Args {
     /// Use `POST {hub}/negotiate` before each WebSocket (else skipNegotiation).
     #[arg(long)]
     negotiate: bool,
+    /// Long polling instead of WebSockets (SignalR targets; always negotiates).
+    #[arg(long)]
+    long_polling: bool,
     /// Connections to open.
     #[arg(long, short = 'n', default_value_t = 100)]
     connections: usize,
@@ -236,6 +240,7 @@ async fn run(args: Args) -> Result<bool, Error> {
             reconnect_urls: reconnect_urls.clone(),
             path: path.clone(),
             negotiate: args.negotiate,
+            long_polling: args.long_polling,
             source: (args.source_ips > 0).then(|| {
                 IpAddr::V4(Ipv4Addr::new(
                     127,

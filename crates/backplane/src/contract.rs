@@ -1,8 +1,8 @@
 //! What every backplane provides: the `Backplane` trait and the types it speaks in.
 use crate::delivery::Delivery;
+use crate::inbox::RelayInbox;
 use crate::mailbox::Mailbox;
 use crate::position::Position;
-use crate::relay::RelayInbox;
 use crate::router::Subscription;
 use async_trait::async_trait;
 use herald_domain::task::TaskState;

@@ -22,10 +22,6 @@ impl RedisKeys {
     pub(crate) fn channel(&self, a: Audience) -> String {
         format!("{}:{{{a}}}:live", self.prefix)
     }
-    /// A relay name taken by [`crate::Backplane::relay_claim`]; expires by itself.
-    pub(crate) fn claim(&self, name: &str) -> String {
-        format!("{}:claim:{name}", self.prefix)
-    }
 }
 
 #[cfg(test)]

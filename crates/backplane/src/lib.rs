@@ -11,11 +11,13 @@ mod connection;
 mod contract;
 mod delivery;
 mod entries;
+mod inbox;
 mod keys;
 mod mailbox;
 mod memory;
 mod position;
 mod redis;
+mod redis_config;
 mod relay;
 mod router;
 mod script;
@@ -24,11 +26,12 @@ mod subscriber;
 
 pub use contract::{Backplane, BackplaneError, History, Published, SharedBackplane, TASK_TTL};
 pub use delivery::Delivery;
+pub use inbox::RelayInbox;
 pub use mailbox::{Mailbox, MailboxReceiver, Received};
 pub use memory::MemoryBackplane;
 pub use position::Position;
-pub use redis::{RedisBackplane, RedisConfig};
-pub use relay::RelayInbox;
+pub use redis::RedisBackplane;
+pub use redis_config::RedisConfig;
 pub use router::Subscription;
 #[cfg(feature = "bench")]
 pub use script::history_script_for_plain_subscribers;

@@ -2,9 +2,10 @@
 //! history, live fan-out) within one process.
 use crate::contract::{Backplane, BackplaneError, History, Published};
 use crate::delivery::Delivery;
+use crate::inbox::RelayInbox;
 use crate::mailbox::Mailbox;
 use crate::position::Position;
-use crate::relay::{LocalRelay, RelayInbox};
+use crate::relay::LocalRelay;
 use crate::router::Router;
 use crate::router::Subscription;
 use async_trait::async_trait;

@@ -15,10 +15,12 @@ use crate::cluster::{ClusterSubscriber, ClusterTarget};
 use crate::connection::{Checked, Conn, Target};
 use crate::contract::{Backplane, BackplaneError, History, Published, unavailable};
 use crate::entries::parse_entry;
+use crate::inbox::RelayInbox;
 use crate::keys::RedisKeys;
 use crate::mailbox::Mailbox;
 use crate::position::Position;
-use crate::relay::{RedisRelay, RelayInbox};
+use crate::redis_config::RedisConfig;
+use crate::relay::RedisRelay;
 use crate::router::{Router, Subscription};
 use crate::script::{PUBLISH_SCRIPT, TASK_SCRIPT, cluster_publish_script};
 use crate::streams::Streams;
@@ -31,39 +33,6 @@ use redis::{AsyncCommands, Script, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
-
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    pub url: String,
-    pub prefix: String,
-    /// Approximate cap of each history stream (`XADD MAXLEN ~`).
-    pub max_len: usize,
-    /// Idle expiry of history streams.
-    pub ttl: Duration,
-    /// How often the subscriber connection is probed with PING.
-    pub probe_interval: Duration,
-}
-
-impl RedisConfig {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            prefix: "herald".into(),
-            max_len: 1000,
-            ttl: Duration::from_secs(15 * 60),
-            probe_interval: Duration::from_secs(5),
-        }
-    }
-
-    /// The publish script's three shared ARGV: the stream cap, the idle expiry in ms and how
-    /// long the `last` key is kept in ms.
-    pub fn publish_script_limits(&self) -> (usize, u64, u64) {
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
-        // Long enough that a client coming back a day later still learns it missed events.
-        let last_ttl_ms = ttl_ms.max(24 * 3600 * 1000);
-        (self.max_len, ttl_ms, last_ttl_ms)
-    }
-}
 
 /// Events handed to one batched publish call at most (each with its audiences' entries).
 const PUBLISH_BATCH: usize = 128;
@@ -101,16 +70,8 @@ pub struct RedisBackplane {
     relay: RedisRelay,
 }
 
-impl RedisConfig {
-    /// Checks a URL exactly as [`RedisBackplane::connect`] reads it, without connecting, so a
-    /// bad one can stop start-up instead of being retried (docs/configuration.md).
-    pub fn check_url(url: &str) -> Result<(), BackplaneError> {
-        Target::parse(url).map(|_| ())
-    }
-}
-
 impl Target {
-    fn parse(url: &str) -> Result<Self, BackplaneError> {
+    pub(crate) fn parse(url: &str) -> Result<Self, BackplaneError> {
         Ok(match ClusterTarget::parse(url)? {
             Some(cluster) => Self::Cluster(cluster),
             None => Self::Single(
@@ -452,18 +413,7 @@ impl Backplane for RedisBackplane {
     }
 
     async fn relay_claim(&self, name: &str, ttl: Duration) -> Result<bool, BackplaneError> {
-        let mut conn = self.conn().await?;
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.names.claim(name))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ms)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(set.is_some())
+        self.relay.claim(name, ttl).await
     }
 
     async fn record_task(&self, state: &TaskState) -> Result<(), BackplaneError> {

@@ -5,94 +5,12 @@
 //! it. Over Redis this is pub/sub on `{prefix}:relay:{name}` through one server (on a cluster,
 //! the first node given), because only there does PUBLISH count every receiver.
 use crate::contract::{BackplaneError, unavailable};
+use crate::inbox::{Listeners, RelayInbox};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-
-/// Messages a listener may have waiting; a sender whose message does not fit is told it was
-/// not received (the relayed request fails and the client reconnects) instead of queueing more.
-const INBOX_SLOTS: usize = 64;
-
-/// What a node receives on a name it listens to. Dropping it stops listening.
-pub struct RelayInbox {
-    rx: mpsc::Receiver<Vec<u8>>,
-    _listening: Listening,
-}
-
-impl RelayInbox {
-    /// The next message; `None` once the backplane is gone.
-    pub async fn recv(&mut self) -> Option<Vec<u8>> {
-        self.rx.recv().await
-    }
-}
-
-struct Listening {
-    name: String,
-    listeners: Arc<Listeners>,
-}
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        self.listeners.remove(&self.name);
-    }
-}
-
-/// This node's listeners by name, and who to tell when one leaves.
-#[derive(Default)]
-pub(crate) struct Listeners {
-    map: Mutex<HashMap<String, mpsc::Sender<Vec<u8>>>>,
-    left: Mutex<Option<mpsc::UnboundedSender<RelayCommand>>>,
-}
-
-impl Listeners {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Vec<u8>>>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Registers `name`; the inbox receives what [`Listeners::deliver`] hands it.
-    pub(crate) fn add(self: &Arc<Self>, name: &str) -> RelayInbox {
-        let (tx, rx) = mpsc::channel(INBOX_SLOTS);
-        self.map().insert(name.to_owned(), tx);
-        RelayInbox {
-            rx,
-            _listening: Listening {
-                name: name.to_owned(),
-                listeners: self.clone(),
-            },
-        }
-    }
-
-    fn remove(&self, name: &str) {
-        self.map().remove(name);
-        if let Some(tx) = self
-            .left
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            let _ = tx.send(RelayCommand::Unlisten(name.to_owned()));
-        }
-    }
-
-    /// Hands `payload` to the local listener of `name`: false when there is none or its inbox
-    /// is full.
-    pub(crate) fn deliver(&self, name: &str, payload: Vec<u8>) -> bool {
-        match self.map().get(name) {
-            Some(tx) => tx.try_send(payload).is_ok(),
-            None => false,
-        }
-    }
-
-    fn names(&self) -> Vec<String> {
-        self.map().keys().cloned().collect()
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.map().contains_key(name)
-    }
-}
 
 pub(crate) enum RelayCommand {
     Listen(String, oneshot::Sender<Result<(), BackplaneError>>),
@@ -113,10 +31,10 @@ impl RedisRelay {
     pub(crate) fn start(client: redis::Client, prefix: &str, probe: Duration) -> Self {
         let listeners = Arc::new(Listeners::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        *listeners
-            .left
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
+        let left = tx.clone();
+        listeners.on_leave(move |name| {
+            let _ = left.send(RelayCommand::Unlisten(name.to_owned()));
+        });
         let prefix = format!("{prefix}:relay:");
         tokio::spawn(subscriber(
             client.clone(),
@@ -147,27 +65,57 @@ impl RedisRelay {
         }
     }
 
+    /// `SET NX PX` on the relay's server: true for the first caller only.
+    pub(crate) async fn claim(&self, name: &str, ttl: Duration) -> Result<bool, BackplaneError> {
+        let mut conn = self.publisher().await?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set = tokio::time::timeout(
+            Duration::from_secs(5),
+            redis::cmd("SET")
+                .arg(format!("{}claim:{name}", self.prefix))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async::<Option<String>>(&mut conn),
+        )
+        .await;
+        match set {
+            Ok(Ok(v)) => Ok(v.is_some()),
+            Ok(Err(e)) => {
+                *self.publisher.lock().await = None;
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                *self.publisher.lock().await = None;
+                Err(unavailable("relay claim timed out"))
+            }
+        }
+    }
+
+    /// The connection for PUBLISH and claims, made on first use and after a failure.
+    async fn publisher(&self) -> Result<redis::aio::MultiplexedConnection, BackplaneError> {
+        let mut slot = self.publisher.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| unavailable("relay connection timed out"))?
+        .map_err(unavailable)?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
     pub(crate) async fn send(&self, name: &str, payload: Vec<u8>) -> Result<bool, BackplaneError> {
         // Local listeners first: no round trip when the holder is this node.
         if self.listeners.contains(name) {
             return Ok(self.listeners.deliver(name, payload));
         }
-        let mut slot = self.publisher.lock().await;
-        let mut conn = match slot.as_ref() {
-            Some(c) => c.clone(),
-            None => {
-                let c = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    self.client.get_multiplexed_async_connection(),
-                )
-                .await
-                .map_err(|_| unavailable("relay connection timed out"))?
-                .map_err(unavailable)?;
-                *slot = Some(c.clone());
-                c
-            }
-        };
-        drop(slot);
+        let mut conn = self.publisher().await?;
         let published = tokio::time::timeout(
             Duration::from_secs(5),
             redis::cmd("PUBLISH")
@@ -321,9 +269,9 @@ mod tests {
     async fn a_full_inbox_refuses_instead_of_growing() {
         let relay = LocalRelay::default();
         let _inbox = relay.listen("a");
-        let accepted = (0..INBOX_SLOTS + 10)
+        let accepted = (0..crate::inbox::INBOX_SLOTS + 10)
             .filter(|_| relay.send("a", vec![0]))
             .count();
-        assert_eq!(accepted, INBOX_SLOTS);
+        assert_eq!(accepted, crate::inbox::INBOX_SLOTS);
     }
 }

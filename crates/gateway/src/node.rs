@@ -1,6 +1,6 @@
 //! One gateway node: its settings and the state its connections share.
 use crate::origins::AllowedOrigins;
-use crate::transports::HeldConnections;
+use crate::transports::held::HeldConnections;
 use herald_backplane::SharedBackplane;
 use herald_store::SharedStore;
 use rand::RngCore;

@@ -7,7 +7,7 @@ use crate::hubs::{self, Hub};
 use crate::node::{Gateway, NodeState};
 use crate::origins;
 use crate::session::{self, Setup};
-use crate::token::{self, ConnectionToken};
+use crate::token::{self, ConnectionToken, new_connection_id};
 use crate::transports;
 use crate::wire::Wire;
 use axum::extract::ws::WebSocketUpgrade;
@@ -17,11 +17,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_backplane::Mailbox;
 use herald_telemetry::metrics;
-use rand::RngCore;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -69,12 +66,6 @@ fn refuse(status: StatusCode, text: &str) -> Response {
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
-}
-
-pub(crate) fn new_connection_id() -> String {
-    let mut id = [0u8; 16];
-    rand::rng().fill_bytes(&mut id);
-    URL_SAFE_NO_PAD.encode(id)
 }
 
 fn now_unix() -> i64 {

@@ -5,6 +5,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use rand::RngCore;
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -89,6 +90,13 @@ pub fn verify(secret: &[u8], token: &str, now: i64) -> Result<ConnectionToken, T
         expires,
         connection_id: id.to_owned(),
     })
+}
+
+/// A fresh random connection id (16 bytes, URL-safe base64).
+pub fn new_connection_id() -> String {
+    let mut id = [0u8; 16];
+    rand::rng().fill_bytes(&mut id);
+    URL_SAFE_NO_PAD.encode(id)
 }
 
 #[cfg(test)]

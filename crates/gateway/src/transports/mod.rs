@@ -5,10 +5,10 @@
 //! any node: the holder answers it directly, any other node relays it to the holder and hands
 //! back its answer. A holder that dies takes its connections with it; clients reconnect and
 //! resume from their cursor, as over WebSockets.
-mod held;
+pub(crate) mod held;
+mod requests;
 
-pub(crate) use held::HeldConnections;
-pub(crate) use held::Kind;
+use held::Kind;
 
 use crate::node::NodeState;
 use crate::session::{self, Setup};
@@ -189,7 +189,7 @@ async fn forward(
     op: Op,
     body: &[u8],
 ) -> Result<Option<Answer>, herald_backplane::BackplaneError> {
-    let reply = format!("reply:{}", crate::routes::new_connection_id());
+    let reply = format!("reply:{}", crate::token::new_connection_id());
     let mut inbox = gw.backplane.relay_listen(&reply).await?;
     let message = encode(&Relayed { op, reply }, body);
     if !gw.backplane.relay_send(&relay_name(id), message).await? {
