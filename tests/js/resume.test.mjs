@@ -51,7 +51,9 @@ test("stock client: automatic reconnect to another node, then Resume(cursor) los
   assert.ok(lastCursor, "events carry a cursor");
 
   // The node holding the WebSocket (haproxy's log names it) drains.
-  const upgrades = () => log.filter((l) => / 101 .* GET \/hubs\/spend\b/.test(l));
+  // Connections that started: a WebSocket upgrade (101), or, when a WebSocket attempt failed while
+  // the node went down, the fallback transport's first GET (200) that the client moved on to.
+  const upgrades = () => log.filter((l) => / (101|200) .* GET \/hubs\/spend\b/.test(l));
   const first = upgrades().at(-1)?.match(/ gateways\/(node\d) /)?.[1];
   assert.ok(first, `haproxy logged the upgrade:\n${log.join("\n")}`);
   const draining = first === "node0" ? a : b;

@@ -1008,3 +1008,38 @@ async fn disabling_deleting_or_expiring_the_key_closes_its_connections() {
     assert_eq!(v, serde_json::json!({"type":7,"error":"The key expired."}));
     c.expect_closed().await;
 }
+
+/// Issue 15's non-reading client: it keeps pinging (so the client timeout never fires) but never
+/// reads, while events fill its socket buffers. Without a write deadline the session stayed stuck
+/// in that write forever; now the write gives up after the client timeout and the connection ends.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_deadline() {
+    let env = Env::new().await;
+    let (addr, gw) = env
+        .node(GatewayConfig {
+            client_timeout: Duration::from_millis(800),
+            // Large: the slow-consumer close must not be what ends it.
+            outbound_queue_bytes: 256 * 1024 * 1024,
+            ..config()
+        })
+        .await;
+    let before = herald_telemetry::metrics().write_timeouts.get();
+    let mut stalled = connect(addr, &format!("/hubs/spend?access_token={KEY_A}")).await;
+    assert_eq!(gw.connections(), 1);
+    let filler = "x".repeat(16 * 1024);
+    for i in 0..2000 {
+        let id = format!("fill-{i}");
+        let payload = format!(r#"{{"eventId":"{id}","virtualKeyId":1,"filler":"{filler}"}}"#);
+        env.publish_named(1, &id, "SpendUpdate", &payload).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while gw.connections() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a client that does not read is still connected 30 s later"
+        );
+        stalled.send("{\"type\":6}\u{1e}").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(herald_telemetry::metrics().write_timeouts.get() > before);
+}
