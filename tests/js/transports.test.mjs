@@ -89,7 +89,9 @@ for (const [name, transport, label] of TRANSPORTS) {
       lastCursor = e.cursor;
     });
     const resumes = [];
-    conn.onreconnected(async () => resumes.push(await conn.invoke("Resume", lastCursor)));
+    let resumeFrom = null; // the cursor from before the drop (docs/protocol.md)
+    conn.onreconnecting(() => { resumeFrom = lastCursor; });
+    conn.onreconnected(async () => resumes.push(await conn.invoke("Resume", resumeFrom)));
     await conn.start();
 
     const sent = [];

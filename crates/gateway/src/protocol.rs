@@ -37,6 +37,9 @@ struct HandshakeRequest {
     version: u32,
 }
 
+/// The newest JSON hub protocol version understood, as in ASP.NET Core 8.
+pub const JSON_PROTOCOL_VERSION: u32 = 2;
+
 /// Checks a handshake request record. `Err` carries the text of the handshake error response.
 pub fn parse_handshake(record: &[u8]) -> Result<(), String> {
     let req: HandshakeRequest = serde_json::from_slice(record).map_err(|_| {
@@ -49,7 +52,9 @@ pub fn parse_handshake(record: &[u8]) -> Result<(), String> {
             truncate(&req.protocol, 40)
         ));
     }
-    if req.version != 1 {
+    // As ASP.NET Core's JSON protocol: every version up to its own (2) is accepted; versions 0
+    // and 1 (older clients, e.g. Python's signalrcore asks for 0) and 2 carry the same records.
+    if req.version > JSON_PROTOCOL_VERSION {
         return Err(format!(
             "The server does not support version {} of the 'json' protocol.",
             req.version
@@ -221,7 +226,15 @@ mod tests {
                 .unwrap_err()
                 .contains("messagepack")
         );
-        assert!(parse_handshake(br#"{"protocol":"json","version":2}"#).is_err());
+        for v in 0..=2 {
+            let req = format!(r#"{{"protocol":"json","version":{v}}}"#);
+            assert_eq!(parse_handshake(req.as_bytes()), Ok(()), "version {v}");
+        }
+        assert!(
+            parse_handshake(br#"{"protocol":"json","version":3}"#)
+                .unwrap_err()
+                .contains("version 3")
+        );
         assert!(parse_handshake(b"nonsense").is_err());
         assert!(parse_handshake(br#"{"protocol":"json"}"#).is_err());
     }

@@ -1,7 +1,7 @@
 //! HTTP side of the hubs: negotiate and the WebSocket upgrade. Everything that can be refused
 //! (unknown hub 404, credential 401, connection token 401, cursor 400, backplane 503) is
 //! refused here, before the upgrade, so clients see a plain HTTP status.
-use crate::auth::{AuthError, Principal, authenticate, query_param};
+use crate::auth::{AuthError, Principal, authenticate, presented_credential, query_param};
 use crate::cursor::Cursor;
 use crate::hubs::{self, Hub};
 use crate::node::{Gateway, NodeState};
@@ -164,23 +164,101 @@ async fn negotiate(
     Json(body).into_response()
 }
 
-/// Checks `?id=` (a connection token from negotiate): ours, current, for this hub and caller.
-/// The refusal is the response itself, as in [`admit`]; it is built once per refused request.
+/// What `?id=` (a connection token from negotiate) names.
+struct Named {
+    connection_id: String,
+    /// Not expired: it may still start a connection. An open Server-Sent Events or
+    /// long-polling connection keeps using its token after that.
+    fresh: bool,
+}
+
+/// Checks `?id=`: signed by us, for this hub and, when the request has a credential, for this
+/// caller. The refusal is the response itself, as in [`admit`]; it is built once per refused
+/// request.
 #[allow(clippy::result_large_err)]
 fn connection_of(
     gw: &NodeState,
     hub: &Hub,
-    principal: &Principal,
+    principal: Option<&Principal>,
     id: &str,
-) -> Result<String, Response> {
-    match token::verify(&gw.config.token_secret, id, now_unix()) {
-        Ok(t) if t.hub == hub.name && t.principal == principal.token_id() => Ok(t.connection_id),
+) -> Result<Named, Response> {
+    // Expiry is the caller's to judge (see `Named::fresh`).
+    match token::verify(&gw.config.token_secret, id, i64::MIN) {
+        Ok(t) if t.hub == hub.name && principal.is_none_or(|p| t.principal == p.token_id()) => {
+            Ok(Named {
+                fresh: t.expires > now_unix(),
+                connection_id: t.connection_id,
+            })
+        }
         Ok(_) => Err(refuse(
             StatusCode::UNAUTHORIZED,
             "connection token belongs to another hub or credential",
         )),
         Err(e) => Err(refuse(StatusCode::UNAUTHORIZED, &e.to_string())),
     }
+}
+
+fn expired() -> Response {
+    refuse(
+        StatusCode::UNAUTHORIZED,
+        &token::TokenError::Expired.to_string(),
+    )
+}
+
+/// Who makes a Server-Sent Events or long-polling request, and for which connection.
+type Caller = (&'static Hub, Option<Principal>, Option<Cursor>, Named);
+
+/// The caller and connection of a Server-Sent Events or long-polling request. With a
+/// credential, it is checked as for every request. Without one, the request may only continue
+/// a connection that is already open, named by its signed token (some clients, such as Python's
+/// signalrcore, send the credential only on the requests that start a connection): it can
+/// never start one.
+async fn transport_caller(
+    gw: &NodeState,
+    route: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Caller, Response> {
+    let id = query.and_then(|q| query_param(q, "id")).ok_or_else(|| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "Server-Sent Events and long polling need ?id=<connectionToken> from negotiate",
+        )
+    })?;
+    if presented_credential(headers, query).is_none() {
+        let hub = hubs::find(route).ok_or_else(|| refuse(StatusCode::NOT_FOUND, "unknown hub"))?;
+        let named = connection_of(gw, hub, None, &id)?;
+        return Ok((hub, None, None, named));
+    }
+    let (hub, principal, cursor) = admit(gw, route, headers, query).await?;
+    let named = connection_of(gw, hub, Some(&principal), &id)?;
+    Ok((hub, Some(principal), cursor, named))
+}
+
+/// Serves an HTTP-transport request; `request` may start the connection when the caller
+/// presented a credential and the token is fresh.
+async fn serve_transport(
+    gw: &Arc<NodeState>,
+    caller: Caller,
+    request: transports::Request,
+) -> Response {
+    let (hub, principal, cursor, named) = caller;
+    let Named {
+        connection_id,
+        fresh,
+    } = named;
+    let id = connection_id.clone();
+    let start = move || async move {
+        match principal {
+            None => Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "credential required to start a connection",
+            )),
+            Some(_) if !fresh => Err(expired()),
+            Some(p) => prepare(gw, hub, p, connection_id, cursor).await,
+        }
+    };
+    transports::serve(gw, &id, request, start).await
 }
 
 /// `GET /hubs/{hub}`: a WebSocket upgrade, a Server-Sent Events stream (`Accept:
@@ -192,19 +270,6 @@ async fn connect(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let (hub, principal, cursor) = match admit(&gw, &route, &headers, query.as_deref()).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let id = query.as_deref().and_then(|q| query_param(q, "id"));
-    let connection_id = match &id {
-        Some(id) => match connection_of(&gw, hub, &principal, id) {
-            Ok(c) => c,
-            Err(r) => return r,
-        },
-        // skipNegotiation: WebSockets only.
-        None => new_connection_id(),
-    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(_) if headers.contains_key(header::SEC_WEBSOCKET_KEY) => {
@@ -215,7 +280,12 @@ async fn connect(
                  offers ServerSentEvents and LongPolling",
             );
         }
-        Err(_) if id.is_none() => {
+        Err(_)
+            if query
+                .as_deref()
+                .and_then(|q| query_param(q, "id"))
+                .is_none() =>
+        {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 "not a WebSocket request: Server-Sent Events and long polling need a \
@@ -232,9 +302,27 @@ async fn connect(
             } else {
                 transports::Request::Poll
             };
-            let start = || prepare(&gw, hub, principal, connection_id.clone(), cursor);
-            return transports::serve(&gw, &connection_id, request, start).await;
+            return match transport_caller(&gw, &route, &headers, query.as_deref()).await {
+                Ok(caller) => serve_transport(&gw, caller, request).await,
+                Err(r) => r,
+            };
         }
+    };
+    let (hub, principal, cursor) = match admit(&gw, &route, &headers, query.as_deref()).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let connection_id = match query.as_deref().and_then(|q| query_param(q, "id")) {
+        Some(id) => match connection_of(&gw, hub, Some(&principal), &id) {
+            Ok(Named {
+                connection_id,
+                fresh: true,
+            }) => connection_id,
+            Ok(_) => return expired(),
+            Err(r) => return r,
+        },
+        // skipNegotiation.
+        None => new_connection_id(),
     };
     let setup = match prepare(&gw, hub, principal, connection_id, cursor).await {
         Ok(s) => s,
@@ -268,21 +356,11 @@ async fn send(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let (hub, principal, _) = match admit(&gw, &route, &headers, query.as_deref()).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let Some(id) = query.as_deref().and_then(|q| query_param(q, "id")) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "POST needs ?id=<connectionToken> from negotiate",
-        );
-    };
-    let connection_id = match connection_of(&gw, hub, &principal, &id) {
+    // Read only after the caller and the token checked out, and no more than one message.
+    let caller = match transport_caller(&gw, &route, &headers, query.as_deref()).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    // Read only after the credential and the token checked out, and no more than one message.
     let max = gw.config.max_message_bytes;
     let body = match axum::body::to_bytes(body, max).await {
         Ok(b) => b,
@@ -293,8 +371,8 @@ async fn send(
             );
         }
     };
-    let never = || async { Err(refuse(StatusCode::NOT_FOUND, "no such connection")) };
-    transports::serve(&gw, &connection_id, transports::Request::Send(body), never).await
+    // A send may start a long-polling connection (see `transports::serve`).
+    serve_transport(&gw, caller, transports::Request::Send(body)).await
 }
 
 /// `DELETE /hubs/{hub}?id=`: the client ends its long-polling connection.
@@ -304,22 +382,10 @@ async fn disconnect(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (hub, principal, _) = match admit(&gw, &route, &headers, query.as_deref()).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let Some(id) = query.as_deref().and_then(|q| query_param(q, "id")) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "DELETE needs ?id=<connectionToken> from negotiate",
-        );
-    };
-    let connection_id = match connection_of(&gw, hub, &principal, &id) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let never = || async { Err(refuse(StatusCode::NOT_FOUND, "no such connection")) };
-    transports::serve(&gw, &connection_id, transports::Request::Delete, never).await
+    match transport_caller(&gw, &route, &headers, query.as_deref()).await {
+        Ok(caller) => serve_transport(&gw, caller, transports::Request::Delete).await,
+        Err(r) => r,
+    }
 }
 
 /// What every transport's session needs before it starts: each audience's newest position

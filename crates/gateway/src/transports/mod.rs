@@ -83,9 +83,17 @@ where
                 .into_response();
         }
     }
-    // Nobody holds it: a first poll starts it, once per connection token.
-    if op == Op::Poll && claim(gw, id).await {
-        return begin(gw, id, Kind::LongPolling, start).await;
+    // Nobody holds it: a first poll starts it, once per connection token. So does a first
+    // send: ASP.NET Core's connections exist from negotiate on, and some clients (Python's
+    // signalrcore) send the handshake before they poll.
+    if matches!(op, Op::Poll | Op::Send) && claim(gw, id).await {
+        let response = begin(gw, id, Kind::LongPolling, start).await;
+        if op == Op::Poll || !response.status().is_success() {
+            return response;
+        }
+        if let Some(held) = gw.held.get(id) {
+            return held.handle(gw, id, op, body).await.into_response();
+        }
     }
     Answer::text(
         StatusCode::NOT_FOUND,
