@@ -214,8 +214,8 @@ impl Limits {
         Arc::new(Self { http, throttle })
     }
 
-    /// The address the throttle counts: the last one of the configured proxy header, else the
-    /// peer.
+    /// The address the throttle and the gateway's per-address cap count: the last one of the
+    /// configured proxy header, else the peer.
     fn client_ip(&self, req: &Request<Incoming>, peer: SocketAddr) -> IpAddr {
         self.http
             .client_address_header
@@ -400,6 +400,9 @@ async fn handle(
         return keep_in_progress(r, guard);
     }
     req.extensions_mut().insert(ClientAddr(peer));
+    // The gateway's per-address connection cap counts the same address as the throttle.
+    req.extensions_mut()
+        .insert(herald_gateway::ClientAddress(ip));
     let response = match router.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},

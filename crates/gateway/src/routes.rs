@@ -2,6 +2,7 @@
 //! (unknown hub 404, credential 401, connection token 401, cursor 400, backplane 503) is
 //! refused here, before the upgrade, so clients see a plain HTTP status.
 use crate::auth::{AuthError, Principal, authenticate, query_param};
+use crate::caps::{Caller, ClientAddress};
 use crate::cursor::Cursor;
 use crate::hubs::{self, Hub};
 use crate::node::{Gateway, NodeState};
@@ -12,14 +13,15 @@ use crate::transports;
 use crate::wire::Wire;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_backplane::Mailbox;
 use herald_telemetry::metrics;
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// The read buffer is allocated up front for every connection and clients send little (a ping
@@ -66,6 +68,16 @@ fn refuse(status: StatusCode, text: &str) -> Response {
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
+}
+
+/// The client's address: what the server in front determined ([`ClientAddress`]), else the
+/// peer from axum's `ConnectInfo`, else unknown (then only the per-key cap applies).
+fn client_address(extensions: &Extensions) -> Option<IpAddr> {
+    extensions.get::<ClientAddress>().map(|a| a.0).or_else(|| {
+        extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+    })
 }
 
 fn now_unix() -> i64 {
@@ -190,8 +202,11 @@ async fn connect(
     Path(route): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: Extensions,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let address = client_address(&extensions);
+    drop(extensions);
     let (hub, principal, cursor) = match admit(&gw, &route, &headers, query.as_deref()).await {
         Ok(x) => x,
         Err(r) => return r,
@@ -232,11 +247,11 @@ async fn connect(
             } else {
                 transports::Request::Poll
             };
-            let start = || prepare(&gw, hub, principal, connection_id.clone(), cursor);
+            let start = || prepare(&gw, hub, principal, address, connection_id.clone(), cursor);
             return transports::serve(&gw, &connection_id, request, start).await;
         }
     };
-    let setup = match prepare(&gw, hub, principal, connection_id, cursor).await {
+    let setup = match prepare(&gw, hub, principal, address, connection_id, cursor).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -322,8 +337,9 @@ async fn disconnect(
     transports::serve(&gw, &connection_id, transports::Request::Delete, never).await
 }
 
-/// What every transport's session needs before it starts: each audience's newest position
-/// and a subscription to it. Subscribed before the session answers the handshake, so an event
+/// What every transport's session needs before it starts: a place under the per-key and
+/// per-address caps (refused with 429 otherwise), each audience's newest position and a
+/// subscription to it. Subscribed before the session answers the handshake, so an event
 /// published after the client's start() resolves is delivered; everything after the floors
 /// reaches the connection (live, or by replay), and its cursors name every audience from the
 /// start.
@@ -331,12 +347,33 @@ async fn prepare(
     gw: &NodeState,
     hub: &'static Hub,
     principal: Principal,
+    address: Option<IpAddr>,
     connection_id: String,
     cursor: Option<Cursor>,
 ) -> Result<Setup, Response> {
     if *gw.shutdown.borrow() {
         return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
+    let caller = match &principal {
+        Principal::Master => Caller::Master,
+        Principal::Key(k) => Caller::Key(k.id),
+    };
+    // Taken first (nothing is subscribed yet) and held by the setup, then by the session: an
+    // upgrade that never completes or a setup that fails below gives it back when dropped.
+    let slot = match gw.caps.take(caller, address) {
+        Ok(s) => s,
+        Err(over) => {
+            metrics()
+                .connections_rejected
+                .with(over.metric_reason())
+                .inc();
+            let mut r =
+                (StatusCode::TOO_MANY_REQUESTS, format!("{}\n", over.text())).into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return Err(r);
+        }
+    };
     // Sized exactly: these live as long as the connection.
     let audiences = hub.audiences_for(&principal);
     let mut floors = Cursor::with_capacity(audiences.len());
@@ -369,6 +406,7 @@ async fn prepare(
     Ok(Setup {
         hub,
         principal,
+        slot,
         connection_id,
         subscriptions,
         receiver,
