@@ -434,6 +434,18 @@ async fn clients_that_stop_reading_are_closed_by_the_write_deadline_with_memory_
          had closed them -> {kernel_end} KiB after the clients went"
     );
     assert!(timeouts >= 1.0, "closed by the write deadline");
+    // Each stalled connection holds at most the server's send buffer (256 KiB, SO_SNDBUF) and
+    // this test's receive buffer (32 KiB): without the cap, autotuning let each pin ~4 MiB.
+    // Machine-wide figure, so other tests' sockets get 64 MiB of slack.
+    let bound = kernel0 + CLIENTS as u64 * (256 + 64) + 64 * 1024;
+    assert!(
+        kernel_peak < bound,
+        "TCP kernel memory peak {kernel_peak} KiB, bound {bound}"
+    );
+    assert!(
+        kernel_closed < bound,
+        "TCP kernel memory {kernel_closed} KiB once closed"
+    );
     // Bounded by the outbound queue (1 MiB) and one frame per connection, plus slack.
     assert!(
         rss_peak < rss0 + CLIENTS as u64 * 1300 + 64 * 1024,
