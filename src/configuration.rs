@@ -232,6 +232,20 @@ pub struct GatewayArgs {
     /// every proxy in between (often 60s).
     #[arg(long, env = "HERALD_LONG_POLL_TIMEOUT", value_name = "DURATION", default_value = "20s", value_parser = long_poll_timeout)]
     pub long_poll_timeout: Duration,
+    /// Hub connections one key may hold open on this node, every transport counted.
+    ///
+    /// More are refused with 429 before the upgrade (the master key counts as one key). Per
+    /// node: n nodes admit up to n times this. Raise it when one key serves many end users
+    /// (a key shared by every browser of an application).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_KEY", value_name = "N", default_value = "1000", value_parser = at_least_one)]
+    pub max_connections_per_key: usize,
+    /// Hub connections one client address (IPv6: one /64) may hold open on this node.
+    ///
+    /// More are refused with 429 before the upgrade. The address is the peer's, or the one
+    /// `HERALD_CLIENT_ADDRESS_HEADER` names: behind a proxy without that header, every client
+    /// shares the proxy's address and this caps the whole node.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N", default_value = "1000", value_parser = at_least_one)]
+    pub max_connections_per_address: usize,
 }
 
 // ---- Read from the environment only ------------------------------------------------------------
@@ -351,6 +365,8 @@ pub struct Settings {
     /// Unset: the role's default (standalone any, serve none).
     pub allowed_origins: Option<AllowedOrigins>,
     pub long_poll_timeout: Duration,
+    pub max_connections_per_key: usize,
+    pub max_connections_per_address: usize,
 }
 
 /// URLs may carry passwords: `Debug` shows them without.
@@ -379,6 +395,11 @@ impl std::fmt::Debug for Settings {
             .field("drain_window", &self.drain_window)
             .field("allowed_origins", &self.allowed_origins)
             .field("long_poll_timeout", &self.long_poll_timeout)
+            .field("max_connections_per_key", &self.max_connections_per_key)
+            .field(
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            )
             .finish()
     }
 }
@@ -448,6 +469,8 @@ impl Settings {
             drain_window: gateway.drain_window,
             allowed_origins: gateway.allowed_origins,
             long_poll_timeout: gateway.long_poll_timeout,
+            max_connections_per_key: gateway.max_connections_per_key,
+            max_connections_per_address: gateway.max_connections_per_address,
         })
     }
 }

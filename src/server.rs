@@ -29,6 +29,12 @@ use tower::ServiceExt;
 const MAX_HEAD: usize = 64 * 1024;
 /// Addresses the failed-auth throttle remembers at most; beyond, the oldest window is dropped.
 pub const THROTTLE_ADDRESSES: usize = 65_536;
+/// The kernel send buffer of every accepted connection (`SO_SNDBUF`; Linux doubles it, so
+/// 256 KiB). Left to autotuning, a client that stops reading pins up to `tcp_wmem`'s maximum
+/// (4 MiB by default) of kernel memory until the write deadline closes it, and longer while the
+/// closed socket still holds the unsent data: 200 such clients held ~760 MB. Herald sends
+/// events (small frames, batched to 16 KiB), for which this is ample.
+pub const SEND_BUFFER: usize = 128 * 1024;
 /// How long shutdown waits for requests in progress (WebSockets are closed by the gateway).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -214,8 +220,8 @@ impl Limits {
         Arc::new(Self { http, throttle })
     }
 
-    /// The address the throttle counts: the last one of the configured proxy header, else the
-    /// peer.
+    /// The address the throttle and the gateway's per-address cap count: the last one of the
+    /// configured proxy header, else the peer.
     fn client_ip(&self, req: &Request<Incoming>, peer: SocketAddr) -> IpAddr {
         self.http
             .client_address_header
@@ -282,6 +288,9 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER) {
+            tracing::debug!(error = %e, "setting the send buffer size failed");
+        }
         metrics().http_connections.inc();
         let io = Tracked {
             stream,
@@ -400,6 +409,9 @@ async fn handle(
         return keep_in_progress(r, guard);
     }
     req.extensions_mut().insert(ClientAddr(peer));
+    // The gateway's per-address connection cap counts the same address as the throttle.
+    req.extensions_mut()
+        .insert(herald_gateway::ClientAddress(ip));
     let response = match router.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},

@@ -222,6 +222,8 @@ impl Application {
                 drain_window: settings.drain_window,
                 allowed_origins: allowed_origins(role, &settings),
                 long_poll_timeout: settings.long_poll_timeout,
+                max_connections_per_key: settings.max_connections_per_key,
+                max_connections_per_address: settings.max_connections_per_address,
                 ..GatewayConfig::default()
             };
             let g = Gateway::new(config, store, backplane.clone());

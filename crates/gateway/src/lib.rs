@@ -23,11 +23,14 @@
 //! - A `VirtualKeyUpdated`/`VirtualKeyDeleted` event on the caller's own key stream makes the
 //!   connection re-check its key in the store and close (`allowReconnect` false) if it was
 //!   deleted, disabled, expired or re-hashed; a key's `expires_at` closes it on time.
+//! - Each node caps the hub connections it holds per key and per client address (429 before
+//!   the upgrade, `caps.rs`); hub error replies quote at most 64 bytes of any client input.
 #![forbid(unsafe_code)]
 //!
 //! This file only declares modules and re-exports.
 
 pub mod auth;
+mod caps;
 pub mod cursor;
 pub mod hubs;
 mod node;
@@ -39,5 +42,6 @@ pub mod token;
 mod transports;
 mod wire;
 
+pub use caps::ClientAddress;
 pub use node::{Gateway, GatewayConfig};
 pub use origins::AllowedOrigins;

@@ -1,4 +1,5 @@
 //! One gateway node: its settings and the state its connections share.
+use crate::caps::Caps;
 use crate::origins::AllowedOrigins;
 use crate::transports::held::HeldConnections;
 use herald_backplane::SharedBackplane;
@@ -40,6 +41,11 @@ pub struct GatewayConfig {
     /// A long poll with nothing to deliver is answered (empty) after this long, below the idle
     /// timeouts of common proxies (60 s).
     pub long_poll_timeout: Duration,
+    /// Hub connections one key (or the master key) may hold open on this node, every
+    /// transport counted; more are refused with 429 before the upgrade.
+    pub max_connections_per_key: usize,
+    /// Hub connections one client address (IPv6: one /64) may hold open on this node.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +65,8 @@ impl Default for GatewayConfig {
             drain_window: Duration::from_secs(10),
             allowed_origins: AllowedOrigins::None,
             long_poll_timeout: Duration::from_secs(20),
+            max_connections_per_key: 1000,
+            max_connections_per_address: 1000,
         }
     }
 }
@@ -82,6 +90,11 @@ impl std::fmt::Debug for GatewayConfig {
             .field("drain_window", &self.drain_window)
             .field("allowed_origins", &self.allowed_origins)
             .field("long_poll_timeout", &self.long_poll_timeout)
+            .field("max_connections_per_key", &self.max_connections_per_key)
+            .field(
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            )
             .finish()
     }
 }
@@ -105,6 +118,8 @@ pub(crate) struct NodeState {
     pub(crate) idle: tokio::sync::Notify,
     /// Server-Sent Events and long-polling connections whose session runs on this node.
     pub(crate) held: Arc<HeldConnections>,
+    /// Per-key and per-address caps on open hub connections.
+    pub(crate) caps: Arc<Caps>,
 }
 
 impl NodeState {
@@ -136,10 +151,12 @@ impl Gateway {
         config.client_timeout = config.client_timeout.max(Duration::from_millis(10));
         config.history_page = config.history_page.max(1);
         config.long_poll_timeout = config.long_poll_timeout.max(Duration::from_millis(10));
+        // Zero would refuse every connection.
+        config.max_connections_per_key = config.max_connections_per_key.max(1);
+        config.max_connections_per_address = config.max_connections_per_address.max(1);
         let (shutdown, _) = watch::channel(false);
         Gateway {
             inner: Arc::new(NodeState {
-                config,
                 store,
                 backplane,
                 shutdown,
@@ -147,6 +164,11 @@ impl Gateway {
                 connections: AtomicUsize::new(0),
                 idle: tokio::sync::Notify::new(),
                 held: Arc::default(),
+                caps: Caps::new(
+                    config.max_connections_per_key,
+                    config.max_connections_per_address,
+                ),
+                config,
             }),
         }
     }

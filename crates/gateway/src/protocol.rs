@@ -1,6 +1,11 @@
 //! The ASP.NET Core SignalR JSON hub protocol (dotnet/aspnetcore `src/SignalR/docs/specs/
 //! HubProtocol.md`): handshake, records terminated by 0x1e, message types, and the encoding of
 //! what the server sends. Pure functions; no I/O.
+//!
+//! Every error text the server sends (a handshake error, a Completion error, a Close reason)
+//! quotes at most 64 bytes of one client input (`herald_domain::invalid::prefix`) and is cut
+//! at 300 bytes (`MAX_REASON`) whatever it holds.
+use herald_domain::invalid::{MAX_REASON, bounded, prefix};
 use serde::Deserialize;
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -49,7 +54,7 @@ pub fn parse_handshake(record: &[u8]) -> Result<(), String> {
     if !req.protocol.eq_ignore_ascii_case("json") {
         return Err(format!(
             "The protocol '{}' is not supported; this server speaks 'json'.",
-            truncate(&req.protocol, 40)
+            prefix(&req.protocol)
         ));
     }
     // As ASP.NET Core's JSON protocol: every version up to its own (2) is accepted; versions 0
@@ -101,7 +106,7 @@ struct RawMessage {
 /// Parses one record. `Err` is a short reason, sent back in a Close message.
 pub fn parse_message(record: &[u8]) -> Result<ClientMessage, String> {
     let raw: RawMessage = serde_json::from_slice(record)
-        .map_err(|e| format!("Invalid message: {}", truncate(&e.to_string(), 120)))?;
+        .map_err(|e| format!("Invalid message: {}", bounded(&e.to_string(), 120)))?;
     let target = |raw: &RawMessage| {
         raw.target
             .clone()
@@ -124,6 +129,12 @@ pub fn parse_message(record: &[u8]) -> Result<ClientMessage, String> {
     })
 }
 
+/// An error text as sent: at most `MAX_REASON` bytes (the quotes in it are bounded already;
+/// this holds whatever a future message puts in).
+fn reason(error: &str) -> std::borrow::Cow<'_, str> {
+    bounded(error, MAX_REASON)
+}
+
 fn json_str(s: &str) -> String {
     // Serializing a str cannot fail.
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
@@ -131,14 +142,14 @@ fn json_str(s: &str) -> String {
 
 /// `{"error":"..."}` + RS.
 pub fn handshake_error(error: &str) -> String {
-    format!("{{\"error\":{}}}{RS_CHAR}", json_str(error))
+    format!("{{\"error\":{}}}{RS_CHAR}", json_str(&reason(error)))
 }
 
 /// A Close message, with an error and whether the client should reconnect.
 pub fn close(error: Option<&str>, allow_reconnect: bool) -> String {
     let mut s = String::from("{\"type\":7");
     if let Some(e) = error {
-        let _ = write!(s, ",\"error\":{}", json_str(e));
+        let _ = write!(s, ",\"error\":{}", json_str(&reason(e)));
     }
     if allow_reconnect {
         s.push_str(",\"allowReconnect\":true");
@@ -161,7 +172,7 @@ pub fn completion_error(invocation_id: &str, error: &str) -> String {
     format!(
         "{{\"type\":3,\"invocationId\":{},\"error\":{}}}{RS_CHAR}",
         json_str(invocation_id),
-        json_str(error)
+        json_str(&reason(error))
     )
 }
 
@@ -205,10 +216,6 @@ pub fn push_positional_raw(buf: &mut String, target: &str, arguments: &str) {
     buf.push_str(arguments);
     buf.push('}');
     buf.push(RS_CHAR);
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
 }
 
 #[cfg(test)]
@@ -296,6 +303,23 @@ mod tests {
             buf,
             "{\"type\":1,\"target\":\"X\",\"arguments\":[[1]]}\u{1e}"
         );
+    }
+
+    #[test]
+    fn error_texts_quote_a_bounded_prefix_of_client_input() {
+        let long = "x".repeat(20_000);
+        let handshake = format!(r#"{{"protocol":"{long}","version":1}}"#);
+        let e = parse_handshake(handshake.as_bytes()).unwrap_err();
+        assert!(e.len() < 200 && e.contains("(20000 bytes)"), "{e}");
+        let record = format!(r#"{{"type":"{long}"}}"#);
+        let e = parse_message(record.as_bytes()).unwrap_err();
+        assert!(e.len() < 200, "{e}");
+        // Whatever an error holds, what is sent stays bounded.
+        let sent = completion_error("1", &long);
+        assert!(sent.len() < MAX_REASON + 100, "{}", sent.len());
+        let sent = close(Some(&long), false);
+        assert!(sent.len() < MAX_REASON + 100, "{}", sent.len());
+        assert!(handshake_error(&long).len() < MAX_REASON + 100);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (unknown hub 404, credential 401, connection token 401, cursor 400, backplane 503) is
 //! refused here, before the upgrade, so clients see a plain HTTP status.
 use crate::auth::{AuthError, Principal, authenticate, presented_credential, query_param};
+use crate::caps::{Caller, ClientAddress};
 use crate::cursor::Cursor;
 use crate::hubs::{self, Hub};
 use crate::node::{Gateway, NodeState};
@@ -12,14 +13,15 @@ use crate::transports;
 use crate::wire::Wire;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use herald_backplane::Mailbox;
 use herald_telemetry::metrics;
 use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// The read buffer is allocated up front for every connection and clients send little (a ping
@@ -66,6 +68,16 @@ fn refuse(status: StatusCode, text: &str) -> Response {
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
+}
+
+/// The client's address: what the server in front determined ([`ClientAddress`]), else the
+/// peer from axum's `ConnectInfo`, else unknown (then only the per-key cap applies).
+fn client_address(extensions: &Extensions) -> Option<IpAddr> {
+    extensions.get::<ClientAddress>().map(|a| a.0).or_else(|| {
+        extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+    })
 }
 
 fn now_unix() -> i64 {
@@ -206,7 +218,7 @@ fn expired() -> Response {
 }
 
 /// Who makes a Server-Sent Events or long-polling request, and for which connection.
-type Caller = (&'static Hub, Option<Principal>, Option<Cursor>, Named);
+type TransportCaller = (&'static Hub, Option<Principal>, Option<Cursor>, Named);
 
 /// The caller and connection of a Server-Sent Events or long-polling request. With a
 /// credential, it is checked as for every request. Without one, the request may only continue
@@ -218,7 +230,7 @@ async fn transport_caller(
     route: &str,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Caller, Response> {
+) -> Result<TransportCaller, Response> {
     let id = query.and_then(|q| query_param(q, "id")).ok_or_else(|| {
         refuse(
             StatusCode::BAD_REQUEST,
@@ -239,7 +251,8 @@ async fn transport_caller(
 /// presented a credential and the token is fresh.
 async fn serve_transport(
     gw: &Arc<NodeState>,
-    caller: Caller,
+    caller: TransportCaller,
+    address: Option<IpAddr>,
     request: transports::Request,
 ) -> Response {
     let (hub, principal, cursor, named) = caller;
@@ -255,7 +268,7 @@ async fn serve_transport(
                 "credential required to start a connection",
             )),
             Some(_) if !fresh => Err(expired()),
-            Some(p) => prepare(gw, hub, p, connection_id, cursor).await,
+            Some(p) => prepare(gw, hub, p, address, connection_id, cursor).await,
         }
     };
     transports::serve(gw, &id, request, start).await
@@ -268,8 +281,11 @@ async fn connect(
     Path(route): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: Extensions,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let address = client_address(&extensions);
+    drop(extensions);
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(_) if headers.contains_key(header::SEC_WEBSOCKET_KEY) => {
@@ -303,7 +319,7 @@ async fn connect(
                 transports::Request::Poll
             };
             return match transport_caller(&gw, &route, &headers, query.as_deref()).await {
-                Ok(caller) => serve_transport(&gw, caller, request).await,
+                Ok(caller) => serve_transport(&gw, caller, address, request).await,
                 Err(r) => r,
             };
         }
@@ -324,7 +340,7 @@ async fn connect(
         // skipNegotiation.
         None => new_connection_id(),
     };
-    let setup = match prepare(&gw, hub, principal, connection_id, cursor).await {
+    let setup = match prepare(&gw, hub, principal, address, connection_id, cursor).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -354,8 +370,11 @@ async fn send(
     Path(route): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: Extensions,
     body: axum::body::Body,
 ) -> Response {
+    let address = client_address(&extensions);
+    drop(extensions);
     // Read only after the caller and the token checked out, and no more than one message.
     let caller = match transport_caller(&gw, &route, &headers, query.as_deref()).await {
         Ok(c) => c,
@@ -372,7 +391,7 @@ async fn send(
         }
     };
     // A send may start a long-polling connection (see `transports::serve`).
-    serve_transport(&gw, caller, transports::Request::Send(body)).await
+    serve_transport(&gw, caller, address, transports::Request::Send(body)).await
 }
 
 /// `DELETE /hubs/{hub}?id=`: the client ends its long-polling connection.
@@ -383,13 +402,15 @@ async fn disconnect(
     headers: HeaderMap,
 ) -> Response {
     match transport_caller(&gw, &route, &headers, query.as_deref()).await {
-        Ok(caller) => serve_transport(&gw, caller, transports::Request::Delete).await,
+        // A DELETE never starts a connection: no address needed for the caps.
+        Ok(caller) => serve_transport(&gw, caller, None, transports::Request::Delete).await,
         Err(r) => r,
     }
 }
 
-/// What every transport's session needs before it starts: each audience's newest position
-/// and a subscription to it. Subscribed before the session answers the handshake, so an event
+/// What every transport's session needs before it starts: a place under the per-key and
+/// per-address caps (refused with 429 otherwise), each audience's newest position and a
+/// subscription to it. Subscribed before the session answers the handshake, so an event
 /// published after the client's start() resolves is delivered; everything after the floors
 /// reaches the connection (live, or by replay), and its cursors name every audience from the
 /// start.
@@ -397,12 +418,33 @@ async fn prepare(
     gw: &NodeState,
     hub: &'static Hub,
     principal: Principal,
+    address: Option<IpAddr>,
     connection_id: String,
     cursor: Option<Cursor>,
 ) -> Result<Setup, Response> {
     if *gw.shutdown.borrow() {
         return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
+    let caller = match &principal {
+        Principal::Master => Caller::Master,
+        Principal::Key(k) => Caller::Key(k.id),
+    };
+    // Taken first (nothing is subscribed yet) and held by the setup, then by the session: an
+    // upgrade that never completes or a setup that fails below gives it back when dropped.
+    let slot = match gw.caps.take(caller, address) {
+        Ok(s) => s,
+        Err(over) => {
+            metrics()
+                .connections_rejected
+                .with(over.metric_reason())
+                .inc();
+            let mut r =
+                (StatusCode::TOO_MANY_REQUESTS, format!("{}\n", over.text())).into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return Err(r);
+        }
+    };
     // Sized exactly: these live as long as the connection.
     let audiences = hub.audiences_for(&principal);
     let mut floors = Cursor::with_capacity(audiences.len());
@@ -435,6 +477,7 @@ async fn prepare(
     Ok(Setup {
         hub,
         principal,
+        slot,
         connection_id,
         subscriptions,
         receiver,

@@ -4,6 +4,7 @@ use super::{Filters, ReplayError, Session, Step, Stop};
 use crate::cursor::Cursor;
 use crate::hubs::HubMethod;
 use crate::protocol;
+use herald_domain::invalid::prefix;
 use serde_json::Value;
 
 impl Session {
@@ -15,7 +16,8 @@ impl Session {
         arguments: Vec<Value>,
     ) -> Step {
         let outcome: Result<String, String> = match self.hub.method(target) {
-            None => Err(format!("Unknown hub method '{target}'")),
+            // The name is client input: quoted up to 64 bytes (a 20 KB name is not echoed).
+            None => Err(format!("Unknown hub method '{}'", prefix(target))),
             Some(HubMethod::Resume) => match arguments.as_slice() {
                 [Value::String(c)] => match Cursor::decode(c) {
                     Ok(cursor) => match self.replay(&cursor).await {

@@ -10,6 +10,7 @@ mod methods;
 mod replay;
 
 use crate::auth::Principal;
+use crate::caps::Slot;
 use crate::cursor::Cursor;
 use crate::hubs::Hub;
 use crate::node::NodeState;
@@ -38,6 +39,8 @@ pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct Setup {
     pub hub: &'static Hub,
     pub principal: Principal,
+    /// The connection's place under the per-key and per-address caps, given back on drop.
+    pub slot: Slot,
     pub connection_id: String,
     pub subscriptions: Vec<Subscription>,
     pub receiver: MailboxReceiver,
@@ -103,6 +106,8 @@ pub(super) struct Session {
     drain_at: Option<Instant>,
     /// `herald_events_delivered_total` of this hub, looked up once.
     delivered_total: Arc<Counter>,
+    /// Held for as long as the session lives: the caps count it until then.
+    _slot: Slot,
 }
 
 #[derive(Default)]
@@ -200,6 +205,7 @@ pub(crate) fn run(ws: Wire, gw: Arc<NodeState>, setup: Setup) -> impl Future<Out
         recheck_key: false,
         drain_at: None,
         delivered_total: metrics().delivered.with(setup.hub.name),
+        _slot: setup.slot,
         gw,
     };
     async move {
@@ -395,7 +401,10 @@ impl Session {
                 target,
             }) => match invocation_id {
                 Some(id) => {
-                    let error = format!("Streaming is not supported (method '{target}').");
+                    let error = format!(
+                        "Streaming is not supported (method '{}').",
+                        herald_domain::invalid::prefix(&target)
+                    );
                     self.send(protocol::completion_error(&id, &error)).await
                 }
                 None => Ok(()),
