@@ -124,3 +124,31 @@ for (const [name, transport, label] of TRANSPORTS) {
     assert.ok((await opened(survivor, label)) >= 1, "the client reconnected over the same transport to the surviving node");
   });
 }
+
+test("revocation over Server-Sent Events and long polling: a disabled key's connections close, and it cannot start again", async (t) => {
+  const f = new Fixture();
+  t.after(() => f.cleanup());
+  const db = f.database();
+  const key = createKey(db, 23, { budget: "100" });
+  const { lb } = await cluster(f, db);
+  const closes = [];
+  for (const [name, transport] of TRANSPORTS) {
+    const conn = f.track(new signalR.HubConnectionBuilder()
+      .withUrl(`${lb.url}/hubs/notifications`, { accessTokenFactory: () => key, transport })
+      .configureLogging(signalR.LogLevel.None)
+      .build());
+    closes.push(new Promise((resolve) => conn.onclose((e) => resolve(`${name}: ${e}`))));
+    await conn.start();
+  }
+  publish(f, "VirtualKeyUpdated", { keyId: 23, isEnabled: false, changedProperties: ["IsEnabled"] }, { id: "tr-revoke" });
+  const reasons = await Promise.race([Promise.all(closes), sleep(30000).then(() => "timeout")]);
+  assert.notEqual(reasons, "timeout", "both connections of the disabled key were closed");
+  for (const r of reasons) assert.match(r, /disabled/, r);
+  for (const [, transport] of TRANSPORTS) {
+    const again = new signalR.HubConnectionBuilder()
+      .withUrl(`${lb.url}/hubs/notifications`, { accessTokenFactory: () => key, transport })
+      .configureLogging(signalR.LogLevel.None)
+      .build();
+    await assert.rejects(again.start(), /401|Unauthorized|disabled/);
+  }
+});
