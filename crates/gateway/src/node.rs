@@ -2,6 +2,7 @@
 use crate::caps::Caps;
 use crate::origins::AllowedOrigins;
 use crate::transports::held::HeldConnections;
+use crate::transports::replies::Replies;
 use herald_backplane::SharedBackplane;
 use herald_store::SharedStore;
 use rand::RngCore;
@@ -120,6 +121,8 @@ pub(crate) struct NodeState {
     pub(crate) held: Arc<HeldConnections>,
     /// Per-key and per-address caps on open hub connections.
     pub(crate) caps: Arc<Caps>,
+    /// Answers to the requests this node relays to the nodes holding their connections.
+    pub(crate) replies: Replies,
 }
 
 impl NodeState {
@@ -164,6 +167,7 @@ impl Gateway {
                 connections: AtomicUsize::new(0),
                 idle: tokio::sync::Notify::new(),
                 held: Arc::default(),
+                replies: Replies::new(),
                 caps: Caps::new(
                     config.max_connections_per_key,
                     config.max_connections_per_address,

@@ -6,6 +6,7 @@
 //! back its answer. A holder that dies takes its connections with it; clients reconnect and
 //! resume from their cursor, as over WebSockets.
 pub(crate) mod held;
+pub(crate) mod replies;
 mod requests;
 
 use held::Kind;
@@ -166,14 +167,22 @@ where
 #[derive(Serialize, Deserialize)]
 struct Relayed {
     op: Op,
-    /// Where the answer goes.
+    /// Where the answer goes: the relaying node's reply inbox ...
     reply: String,
+    /// ... and the request's number there.
+    request: u64,
 }
 
 /// The holder's answer.
 #[derive(Serialize, Deserialize)]
 struct Relayback {
     status: u16,
+    request: u64,
+}
+
+/// The request number of an answer (for the reply inbox).
+fn answer_number(message: &[u8]) -> Option<u64> {
+    decode::<Relayback>(message).map(|(head, _)| head.request)
 }
 
 /// `head` as a JSON line, then `body` as it is.
@@ -197,18 +206,26 @@ async fn forward(
     op: Op,
     body: &[u8],
 ) -> Result<Option<Answer>, herald_backplane::BackplaneError> {
-    let reply = format!("reply:{}", crate::token::new_connection_id());
-    let mut inbox = gw.backplane.relay_listen(&reply).await?;
-    let message = encode(&Relayed { op, reply }, body);
-    if !gw.backplane.relay_send(&relay_name(id), message).await? {
+    let mut waiting = gw.replies.expect(&gw.backplane, answer_number).await?;
+    let relayed = Relayed {
+        op,
+        reply: gw.replies.name().to_owned(),
+        request: waiting.number,
+    };
+    if !gw
+        .backplane
+        .relay_send(&relay_name(id), encode(&relayed, body))
+        .await?
+    {
         return Ok(None);
     }
     let wait = match op {
         Op::Poll => gw.config.long_poll_timeout + Duration::from_secs(10),
         _ => gw.config.client_timeout + Duration::from_secs(5),
     };
-    let answer = match tokio::time::timeout(wait, inbox.recv()).await {
-        Ok(Some(message)) => decode::<Relayback>(&message).map(|(head, body)| Answer {
+    // `waiting` stays until the answer came or the wait ended: dropping it forgets the request.
+    let answer = match tokio::time::timeout(wait, &mut waiting.answer).await {
+        Ok(Ok(message)) => decode::<Relayback>(&message).map(|(head, body)| Answer {
             status: StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY),
             body: Bytes::copy_from_slice(body),
         }),
@@ -248,6 +265,7 @@ async fn listen(
             let message = encode(
                 &Relayback {
                     status: answer.status.as_u16(),
+                    request: head.request,
                 },
                 &answer.body,
             );
@@ -270,12 +288,14 @@ mod tests {
             &Relayed {
                 op: Op::Send,
                 reply: "reply:x".into(),
+                request: 7,
             },
             b"{\"type\":6}\x1e\n",
         );
         let (head, body) = decode::<Relayed>(&m).unwrap();
         assert_eq!(head.op, Op::Send);
         assert_eq!(head.reply, "reply:x");
+        assert_eq!(head.request, 7);
         assert_eq!(body, b"{\"type\":6}\x1e\n");
         assert!(decode::<Relayed>(b"no line break").is_none());
         assert!(decode::<Relayed>(b"{}\n").is_none());
