@@ -4,9 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
 
-/// Messages a listener may have waiting; a sender whose message does not fit is told it was
-/// not received (the relayed request fails and the client reconnects) instead of queueing more.
-pub(crate) const INBOX_SLOTS: usize = 64;
+/// Messages a listener may have waiting. A node's one reply inbox takes the answers to all the
+/// requests it relays (about one per delivered batch under long polling), so this is large;
+/// tokio's channel allocates its slots as they fill, not up front. A message that does not fit
+/// is dropped (a local sender is told so): the relayed request times out, its client reconnects
+/// and resumes from its cursor.
+pub(crate) const INBOX_SLOTS: usize = 4096;
 
 /// What a node receives on a name it listens to. Dropping it stops listening.
 pub struct RelayInbox {
