@@ -380,6 +380,9 @@ async fn herald_delivers_over_tls_to_every_dependency_and_refuses_another_ca() {
     );
 }
 
+/// Variables for one run of herald.
+type Vars<'a> = &'a [(&'static str, String)];
+
 #[test]
 fn unusable_tls_files_stop_start_up_naming_the_variable() {
     let dir = TempDir(std::env::temp_dir().join(unique("herald-tls-files-")));
@@ -389,7 +392,7 @@ fn unusable_tls_files_stop_start_up_naming_the_variable() {
     );
     let path = |f: &str| dir.0.join(f).to_str().unwrap().to_owned();
     std::fs::write(dir.0.join("junk.pem"), "not a certificate\n").unwrap();
-    let cases: &[(&[(&'static str, String)], &[&str])] = &[
+    let cases: &[(Vars, &[&str])] = &[
         (
             &[("HERALD_TLS_CA_FILE", path("missing.crt"))],
             &["HERALD_TLS_CA_FILE", "cannot read", "missing.crt"],
