@@ -436,3 +436,154 @@ fn unusable_tls_files_stop_start_up_naming_the_variable() {
         }
     }
 }
+
+/// Three redis-servers with `--tls-cluster yes`, TLS only, made one 3-master cluster with
+/// `redis-cli --cluster create --tls`.
+struct TlsCluster {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: TempDir,
+}
+
+impl TlsCluster {
+    fn start(certs: &Path) -> Self {
+        let dir = TempDir(std::env::temp_dir().join(unique("herald-tls-cluster-")));
+        let file = |f: &str| certs.join(f).to_str().unwrap().to_owned();
+        // The cluster bus is the port + 10000: both must be free.
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let p = 20000 + rand::random::<u16>() % 10000;
+            let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if !ports.contains(&p) && free(p) && free(p + 10000) {
+                ports.push(p);
+            }
+        }
+        let mut cluster = Self {
+            children: Vec::new(),
+            ports: ports.clone(),
+            _dir: dir,
+        };
+        for p in &ports {
+            let node = cluster._dir.0.join(p.to_string());
+            std::fs::create_dir_all(&node).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &p.to_string()])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--tls-cluster", "yes"])
+                .args(["--tls-cert-file", &file("server.crt")])
+                .args(["--tls-key-file", &file("server.key")])
+                .args(["--tls-ca-cert-file", &file("ca.crt")])
+                .args(["--tls-auth-clients", "yes"])
+                .arg("--dir")
+                .arg(&node)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            cluster.children.push(child);
+            wait_port(*p, "redis-server --cluster-enabled --tls-port");
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut create = Command::new("redis-cli");
+        create
+            .args(["--tls", "--cacert", &file("ca.crt")])
+            .args(["--cert", &file("client.crt"), "--key", &file("client.key")])
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"]);
+        run(&mut create, "redis-cli --cluster create --tls");
+        cluster
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    fn wait_ok(&self, certs: &Path) {
+        let file = |f: &str| certs.join(f).to_str().unwrap().to_owned();
+        let deadline = Instant::now() + WAIT;
+        for p in &self.ports {
+            loop {
+                let out = Command::new("redis-cli")
+                    .args(["--tls", "--cacert", &file("ca.crt")])
+                    .args(["--cert", &file("client.crt"), "--key", &file("client.key")])
+                    .args(["-p", &p.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the TLS cluster is not ok on {p}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Redis Cluster over TLS: the command connection (publish script, history) and the shard
+/// subscriber connections Herald opens itself all go over TLS to a cluster that takes nothing
+/// else; an event posted over HTTP reaches a SignalR client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_delivers_through_a_redis_cluster_over_tls() {
+    let certs = TempDir(std::env::temp_dir().join(unique("herald-tls-certs-")));
+    run(
+        Command::new(repo().join("scripts/tls-test-certs")).arg(&certs.0),
+        "scripts/tls-test-certs",
+    );
+    let cluster = TlsCluster::start(&certs.0);
+    cluster.wait_ok(&certs.0);
+    let file = |f: &str| certs.0.join(f).to_str().unwrap().to_owned();
+    let nodes: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let node = Herald::start(
+        &["standalone"],
+        &[
+            (
+                "HERALD_REDIS_URL",
+                format!("rediss+cluster://{}", nodes.join(",")),
+            ),
+            ("HERALD_REDIS_PREFIX", unique("herald-tls-")),
+            ("HERALD_TLS_CA_FILE", file("ca.crt")),
+            ("HERALD_TLS_CERT_FILE", file("client.crt")),
+            ("HERALD_TLS_KEY_FILE", file("client.key")),
+        ],
+    );
+    node.wait_ready().await;
+    let key = node.create_key(9, "10").await;
+    let mut client = SignalR::connect(&format!("ws://{}/hubs/spend?access_token={key}", node.addr))
+        .await
+        .unwrap();
+    let event = r#"{"specversion":"1.0","id":"tls-cluster-1","source":"/billing","type":"SpendUpdated","time":"2026-11-22T10:00:00Z","datacontenttype":"application/json","data":{"keyId":9,"amount":1,"newTotalSpend":1}}"#;
+    let auth = format!("Bearer {MASTER_KEY}");
+    let r = http(
+        node.internal(),
+        "POST",
+        "/v1/events",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/cloudevents+json"),
+        ],
+        event,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let (name, args) = client.next_invocation(WAIT).await.expect("an event");
+    assert_eq!(name, "SpendUpdate", "{args}");
+    let logs = node.stop();
+    assert!(
+        !logs.iter().any(|l| l.contains("certificate")),
+        "no certificate trouble expected: {logs:?}"
+    );
+}
