@@ -2,7 +2,7 @@
 //! placed here on the subcommands that read them.
 use crate::configuration::{
     self, AmqpArgs, ConfigError, ConsumerArgs, DatabaseArgs, GatewayArgs, Groups, LogArgs,
-    NodeArgs, Overrides, Settings,
+    NodeArgs, Overrides, Settings, TlsArgs,
 };
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::collections::HashMap;
@@ -58,6 +58,8 @@ struct ConsumeArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     amqp: AmqpArgs,
     #[command(flatten)]
     consumer: ConsumerArgs,
@@ -72,6 +74,8 @@ struct ServeArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     gateway: GatewayArgs,
     #[command(flatten)]
     log: LogArgs,
@@ -81,6 +85,8 @@ struct ServeArgs {
 struct MigrateArgs {
     #[command(flatten)]
     database: DatabaseArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -123,6 +129,8 @@ pub struct KeyArgs {
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     log: LogArgs,
 }
 
@@ -141,6 +149,8 @@ pub struct PublishArgs {
     pub envelope: String,
     #[command(flatten)]
     amqp: AmqpArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -332,24 +342,28 @@ where
             Groups {
                 log: a.log,
                 database: Some(a.database),
+                tls: Some(a.tls),
                 amqp: None,
                 consumer: None,
                 node: Some(a.node),
                 gateway: Some(a.gateway),
             },
         ),
-        Some(CommandArgs::Migrate(a)) => (Command::Migrate, database_only(a.log, a.database)),
+        Some(CommandArgs::Migrate(a)) => {
+            (Command::Migrate, database_only(a.log, a.database, a.tls))
+        }
         Some(CommandArgs::Keys { command }) => {
             let key = match &command {
                 KeysCommand::Create(key) | KeysCommand::Import { key, .. } => key,
             };
-            let groups = database_only(key.log.clone(), key.database.clone());
+            let groups = database_only(key.log.clone(), key.database.clone(), key.tls.clone());
             (Command::Keys(command), groups)
         }
         Some(CommandArgs::Publish(a)) => {
             let groups = Groups {
                 log: a.log.clone(),
                 database: None,
+                tls: Some(a.tls.clone()),
                 amqp: Some(a.amqp.clone()),
                 consumer: None,
                 node: None,
@@ -374,6 +388,7 @@ impl ConsumeArgs {
         Groups {
             log: self.log,
             database: Some(self.database),
+            tls: Some(self.tls),
             amqp: Some(self.amqp),
             consumer: Some(self.consumer),
             node: Some(self.node),
@@ -382,10 +397,11 @@ impl ConsumeArgs {
     }
 }
 
-fn database_only(log: LogArgs, database: DatabaseArgs) -> Groups {
+fn database_only(log: LogArgs, database: DatabaseArgs, tls: TlsArgs) -> Groups {
     Groups {
         log,
         database: Some(database),
+        tls: Some(tls),
         amqp: None,
         consumer: None,
         node: None,

@@ -6,9 +6,10 @@ use crate::startup::{Application, Role, StartupError, shutdown_signal};
 use crate::telemetry;
 use crate::values::without_userinfo;
 use herald_domain::money::Budget;
+use herald_domain::tls::ClientTls;
 use herald_domain::{Cause, KeyHash, KeyId, RawKey};
 use herald_ingest::amqp::{self, AmqpError, EnvelopeKind};
-use herald_store::{PostgresStore, Store, StoreError};
+use herald_store::{PostgresStore, ProbeError, Store, StoreError};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -60,8 +61,8 @@ pub async fn run(invocation: Invocation) -> Result<(), CommandError> {
         Command::Serve => run_role(Role::Serve, settings).await,
         Command::Migrate => {
             let url = database_url(&settings)?;
-            check_database(url).await?;
-            let applied = herald_store::migrate(url)
+            check_database(url, &settings.tls).await?;
+            let applied = herald_store::migrate(url, &settings.tls)
                 .await
                 .map_err(|e| store_failed(url, "migrations failed", e))?;
             eprintln!("migrations applied: {applied:?}");
@@ -112,9 +113,8 @@ const DATABASE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Connects once before any work, so a dead or missing database is reported as such, naming
 /// the variable (the pool's own error says only "Error occurred while creating a new object").
-async fn check_database(url: &str) -> Result<(), CommandError> {
-    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
-    match tokio::time::timeout(DATABASE_DEADLINE, connect).await {
+async fn check_database(url: &str, tls: &ClientTls) -> Result<(), CommandError> {
+    match tokio::time::timeout(DATABASE_DEADLINE, herald_store::probe(url, tls)).await {
         Err(_) => Err(database_error(
             url,
             "cannot connect",
@@ -123,17 +123,15 @@ async fn check_database(url: &str) -> Result<(), CommandError> {
                 DATABASE_DEADLINE.as_secs()
             )),
         )),
-        Ok(Err(e)) => Err(database_error(
+        Ok(Err(ProbeError::Postgres(e))) => Err(database_error(
             url,
             "cannot connect",
             Cause::from(describe(&e)),
         )),
-        Ok(Ok((client, connection))) => {
-            drop(client);
-            // Driving the connection with the client gone closes it politely.
-            let _ = tokio::time::timeout(DATABASE_DEADLINE, connection).await;
-            Ok(())
+        Ok(Err(ProbeError::Invalid(e))) => {
+            Err(database_error(url, "cannot connect", Cause::from(e)))
         }
+        Ok(Ok(())) => Ok(()),
     }
 }
 
@@ -171,13 +169,13 @@ fn store_failed(url: &str, what: &'static str, e: StoreError) -> CommandError {
 
 async fn keys(settings: &Settings, command: KeysCommand) -> Result<(), CommandError> {
     let url = database_url(settings)?;
-    check_database(url).await?;
+    check_database(url, &settings.tls).await?;
     // Idempotent, and a fresh database needs the tables before the first key.
-    herald_store::migrate(url)
+    herald_store::migrate(url, &settings.tls)
         .await
         .map_err(|e| store_failed(url, "migrations failed", e))?;
-    let store =
-        PostgresStore::connect(url, 1).map_err(|e| store_failed(url, "cannot connect", e))?;
+    let store = PostgresStore::connect(url, 1, &settings.tls)
+        .map_err(|e| store_failed(url, "cannot connect", e))?;
     let (args, hash, raw) = match command {
         KeysCommand::Create(args) => {
             let raw = RawKey::generate();
@@ -255,6 +253,7 @@ async fn publish(settings: &Settings, args: PublishArgs) -> Result<(), CommandEr
         &body,
         &id,
         envelope,
+        &settings.tls,
     )
     .await?;
     eprintln!("published {} {id}", args.event_type);

@@ -15,4 +15,5 @@ pub mod reference;
 pub mod server;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 pub mod values;

@@ -85,7 +85,7 @@ pub struct Application {
 
 pub fn store_for(role: Role, settings: &Settings) -> Result<SharedStore, StartupError> {
     match &settings.database_url {
-        Some(url) => Ok(Arc::new(PostgresStore::connect(url, 16)?)),
+        Some(url) => Ok(Arc::new(PostgresStore::connect(url, 16, &settings.tls)?)),
         None if role == Role::Standalone => Ok(Arc::new(MemoryStore::new())),
         None => Err(StartupError::Config(format!(
             "HERALD_DATABASE_URL: herald {} needs PostgreSQL, expected a postgres:// URL (only standalone runs without one)",
@@ -99,6 +99,7 @@ fn backplane_for(role: Role, settings: &Settings) -> Result<SharedBackplane, Sta
         Some(url) => {
             let mut cfg = RedisConfig::new(url.clone());
             cfg.prefix = settings.redis_prefix.clone();
+            cfg.tls = settings.tls.clone();
             cfg.max_len = settings.history_maxlen;
             cfg.ttl = settings.history_ttl;
             let bp: SharedBackplane = RedisBackplane::connect(cfg)?;
@@ -141,7 +142,7 @@ impl Application {
         if settings.migrate
             && let Some(url) = &settings.database_url
         {
-            let applied = herald_store::migrate(url)
+            let applied = herald_store::migrate(url, &settings.tls)
                 .await
                 .map_err(StartupError::Migrations)?;
             tracing::info!(?applied, "migrations applied");
@@ -187,6 +188,7 @@ impl Application {
                     .clone()
                     .unwrap_or_else(amqp::default_bindings),
                 prefetch: settings.amqp_prefetch,
+                tls: settings.tls.clone(),
             };
             (cfg, pipeline.clone(), consumer_active.clone())
         });

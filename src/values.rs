@@ -45,7 +45,7 @@ pub(crate) fn amqp_url(v: &str) -> Result<String, String> {
 }
 
 pub(crate) fn redis_url(v: &str) -> Result<String, String> {
-    let v = url_with_scheme(v, &["redis", "rediss", "redis+cluster"])?;
+    let v = url_with_scheme(v, &["redis", "rediss", "redis+cluster", "rediss+cluster"])?;
     herald_backplane::RedisConfig::check_url(v).map_err(|e| {
         let herald_backplane::BackplaneError::Unavailable(why) = e;
         format!("expected a Redis URL such as redis://127.0.0.1:6379 ({why})")
@@ -55,7 +55,7 @@ pub(crate) fn redis_url(v: &str) -> Result<String, String> {
 
 pub(crate) fn postgres_url(v: &str) -> Result<String, String> {
     let v = url_with_scheme(v, &["postgres", "postgresql"])?;
-    tokio_postgres::Config::from_str(v).map_err(|e| {
+    herald_store::check_database_url(v).map_err(|e| {
         format!("expected a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/herald ({e})")
     })?;
     Ok(v.to_owned())

@@ -299,6 +299,8 @@ impl Drop for PrivateRedis {
 pub struct PrivateRabbit {
     dir: PathBuf,
     pub port: u16,
+    /// The AMQPS port, when started with [`PrivateRabbit::start_tls`].
+    pub tls_port: Option<u16>,
 }
 
 impl PrivateRabbit {
@@ -310,7 +312,29 @@ impl PrivateRabbit {
             .trim()
             .parse()
             .expect("scripts/private-rabbitmq start prints the AMQP port");
-        Self { dir, port }
+        Self {
+            dir,
+            port,
+            tls_port: None,
+        }
+    }
+
+    /// Also with an AMQPS listener requiring a client certificate; `certs` holds ca.crt,
+    /// server.crt and server.key (scripts/tls-test-certs).
+    pub fn start_tls(certs: &std::path::Path) -> Self {
+        let dir = std::env::temp_dir().join(unique("herald-test-rabbitmq-"));
+        let out = private_rabbitmq(&["start", dir.to_str().unwrap(), certs.to_str().unwrap()]);
+        let out = String::from_utf8_lossy(&out);
+        let ports: Vec<u16> = out
+            .split_whitespace()
+            .map(|p| p.parse().expect("a port"))
+            .collect();
+        assert_eq!(ports.len(), 2, "AMQP and AMQPS ports, got {out:?}");
+        Self {
+            dir,
+            port: ports[0],
+            tls_port: Some(ports[1]),
+        }
     }
 
     pub fn url(&self) -> String {

@@ -1,6 +1,6 @@
 //! Redis Cluster (docs/decisions.md, "Backplane"). Selected by a `redis+cluster://[user:pass@]host:port,host:port[/]`
-//! URL, or by a comma-separated list of `redis://` node URLs; any node of the cluster is enough
-//! to find the others.
+//! URL (`rediss+cluster://` over TLS), or by a comma-separated list of `redis://` (`rediss://`)
+//! node URLs; any node of the cluster is enough to find the others.
 //!
 //! Long because: one purpose, following the cluster's slot map for sharded pub/sub (a
 //! subscriber connection per shard, resubscribing when slots move, filling each shard's gap);
@@ -27,6 +27,7 @@ use crate::router::Router;
 use crate::streams::{LastPositions, Streams, dispatch, fill_gaps};
 use crate::subscriber::SubscriberCommand;
 use herald_domain::Audience;
+use herald_domain::tls::ClientTls;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -45,15 +46,23 @@ use tokio::task::JoinHandle;
 #[derive(Clone)]
 pub(crate) struct ClusterTarget {
     nodes: Vec<ConnectionInfo>,
+    /// CA and client certificate for TLS nodes (crate::tls).
+    tls: ClientTls,
     /// The first node given, alone: node-to-node relay messages go through it.
     first: redis::Client,
 }
 
 impl ClusterTarget {
     /// `Ok(None)` for a single-server URL.
-    pub(crate) fn parse(url: &str) -> Result<Option<Self>, BackplaneError> {
+    pub(crate) fn parse(url: &str, tls: &ClientTls) -> Result<Option<Self>, BackplaneError> {
         let url = url.trim();
-        let node_urls: Vec<String> = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let cluster = [
+            ("redis+cluster://", "redis"),
+            ("rediss+cluster://", "rediss"),
+        ]
+        .into_iter()
+        .find_map(|(prefix, scheme)| Some((url.strip_prefix(prefix)?, scheme)));
+        let node_urls: Vec<String> = if let Some((rest, scheme)) = cluster {
             let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
             let (userinfo, hosts) = match authority.rsplit_once('@') {
                 Some((user, hosts)) => (format!("{user}@"), hosts),
@@ -63,7 +72,7 @@ impl ClusterTarget {
                 .split(',')
                 .map(str::trim)
                 .filter(|h| !h.is_empty())
-                .map(|h| format!("redis://{userinfo}{h}{tail}"))
+                .map(|h| format!("{scheme}://{userinfo}{h}{tail}"))
                 .collect()
         } else if url.contains(',') {
             url.split(',')
@@ -92,10 +101,14 @@ impl ClusterTarget {
             .cloned()
             .ok_or_else(|| unavailable("invalid Redis Cluster URL: no node given"))
             .and_then(|n| {
-                redis::Client::open(n)
+                crate::tls::client(n, tls)
                     .map_err(|e| unavailable(format!("invalid Redis Cluster URL: {e}")))
             })?;
-        let target = Self { nodes, first };
+        let target = Self {
+            nodes,
+            tls: tls.clone(),
+            first,
+        };
         target
             .builder()
             .build()
@@ -109,7 +122,13 @@ impl ClusterTarget {
     }
 
     fn builder(&self) -> ClusterClientBuilder {
-        ClusterClientBuilder::new(self.nodes.clone())
+        let builder = ClusterClientBuilder::new(self.nodes.clone());
+        // `certs` turns TLS on by itself: only for TLS nodes.
+        let builder = match crate::tls::certificates(&self.tls) {
+            Some(certs) if self.nodes.iter().any(crate::tls::is_tls) => builder.certs(certs),
+            _ => builder,
+        };
+        builder
             .connection_timeout(Duration::from_secs(2))
             .response_timeout(Duration::from_secs(5))
             // Enough to ride out a MOVED refresh or a short CLUSTERDOWN, not to hang a caller.
@@ -128,8 +147,8 @@ impl ClusterTarget {
     }
 
     /// Connection details for the node at `addr` (`host:port`, from CLUSTER SLOTS): the
-    /// first node's credentials, RESP3 (sharded messages arrive as pushes).
-    fn node(&self, addr: &str) -> Result<ConnectionInfo, String> {
+    /// first node's credentials and TLS, RESP3 (sharded messages arrive as pushes).
+    fn node(&self, addr: &str) -> Result<redis::Client, String> {
         let (host, port) = addr
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
@@ -139,9 +158,17 @@ impl ClusterTarget {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        Ok(base
-            .set_addr(ConnectionAddr::Tcp(host, port))
-            .set_redis_settings(settings))
+        let addr = match base.addr() {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        let info = base.set_addr(addr).set_redis_settings(settings);
+        crate::tls::client(info, &self.tls).map_err(|e| e.to_string())
     }
 }
 
@@ -224,7 +251,7 @@ impl Pool {
                     info,
                 })
             });
-        let client = redis::Client::open(self.target.node(addr)?).map_err(|e| e.to_string())?;
+        let client = self.target.node(addr)?;
         let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -727,17 +754,19 @@ mod tests {
     use super::*;
 
     fn hosts(url: &str) -> Option<Vec<(String, String)>> {
-        ClusterTarget::parse(url).ok()?.map(|t| {
-            t.nodes
-                .iter()
-                .map(|n| {
-                    (
-                        n.addr().to_string(),
-                        n.redis_settings().password().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
+        ClusterTarget::parse(url, &ClientTls::default())
+            .ok()?
+            .map(|t| {
+                t.nodes
+                    .iter()
+                    .map(|n| {
+                        (
+                            n.addr().to_string(),
+                            n.redis_settings().password().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
     }
 
     #[test]
@@ -769,7 +798,7 @@ mod tests {
     #[test]
     fn detects_cluster_urls() {
         assert!(matches!(
-            ClusterTarget::parse("redis://127.0.0.1:6379/"),
+            ClusterTarget::parse("redis://127.0.0.1:6379/", &ClientTls::default()),
             Ok(None)
         ));
         let got = hosts("redis+cluster://:secret@10.0.0.1:7001,10.0.0.2:7002/").unwrap();
@@ -782,8 +811,13 @@ mod tests {
         );
         let got = hosts("redis://127.0.0.1:7001, redis://127.0.0.1:7002").unwrap();
         assert_eq!(got.len(), 2);
-        assert!(ClusterTarget::parse("redis+cluster://").is_err());
-        assert!(ClusterTarget::parse("redis+cluster://,").is_err());
-        assert!(ClusterTarget::parse("redis://a:1,not a url").is_err());
+        // TLS: every node is a TLS address.
+        let t = ClusterTarget::parse("rediss+cluster://a:7001,b:7002", &ClientTls::default())
+            .unwrap()
+            .unwrap();
+        assert!(t.nodes.iter().all(crate::tls::is_tls));
+        assert!(ClusterTarget::parse("redis+cluster://", &ClientTls::default()).is_err());
+        assert!(ClusterTarget::parse("redis+cluster://,", &ClientTls::default()).is_err());
+        assert!(ClusterTarget::parse("redis://a:1,not a url", &ClientTls::default()).is_err());
     }
 }

@@ -23,6 +23,7 @@ mod router;
 mod script;
 mod streams;
 mod subscriber;
+mod tls;
 
 pub use contract::{Backplane, BackplaneError, History, Published, SharedBackplane, TASK_TTL};
 pub use delivery::Delivery;

@@ -27,9 +27,10 @@ use crate::streams::Streams;
 use crate::subscriber::{Subscriber, SubscriberCommand};
 use async_trait::async_trait;
 use herald_domain::task::TaskState;
+use herald_domain::tls::ClientTls;
 use herald_domain::{Audience, OutboundEvent};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script, Value};
+use redis::{AsyncCommands, IntoConnectionInfo, Script, Value};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -71,12 +72,14 @@ pub struct RedisBackplane {
 }
 
 impl Target {
-    pub(crate) fn parse(url: &str) -> Result<Self, BackplaneError> {
-        Ok(match ClusterTarget::parse(url)? {
+    /// `tls` applies to `rediss://` URLs (crate::tls).
+    pub(crate) fn parse(url: &str, tls: &ClientTls) -> Result<Self, BackplaneError> {
+        let invalid = |e: redis::RedisError| unavailable(format!("invalid Redis URL: {e}"));
+        Ok(match ClusterTarget::parse(url, tls)? {
             Some(cluster) => Self::Cluster(cluster),
             None => Self::Single(
-                redis::Client::open(url)
-                    .map_err(|e| unavailable(format!("invalid Redis URL: {e}")))?,
+                crate::tls::client(url.into_connection_info().map_err(invalid)?, tls)
+                    .map_err(invalid)?,
             ),
         })
     }
@@ -87,7 +90,7 @@ impl RedisBackplane {
     /// re-made after failures, so this succeeds while Redis is down. A `redis+cluster://` URL
     /// or a comma-separated list of node URLs selects Redis Cluster.
     pub fn connect(config: RedisConfig) -> Result<Arc<Self>, BackplaneError> {
-        let target = Target::parse(&config.url)?;
+        let target = Target::parse(&config.url, &config.tls)?;
         let names = Arc::new(RedisKeys {
             prefix: config.prefix.clone(),
         });

@@ -1,11 +1,15 @@
-//! How to reach and use the Redis backplane: URL, key prefix, history limits, probe interval.
+//! How to reach and use the Redis backplane: URL, TLS, key prefix, history limits, probe
+//! interval.
 use crate::connection::Target;
 use crate::contract::BackplaneError;
+use herald_domain::tls::ClientTls;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: String,
+    /// CA and client certificate for a `rediss://` URL (docs/security.md).
+    pub tls: ClientTls,
     pub prefix: String,
     /// Approximate cap of each history stream (`XADD MAXLEN ~`).
     pub max_len: usize,
@@ -19,6 +23,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls: ClientTls::default(),
             prefix: "herald".into(),
             max_len: 1000,
             ttl: Duration::from_secs(15 * 60),
@@ -40,6 +45,6 @@ impl RedisConfig {
     /// Checks a URL exactly as [`RedisBackplane::connect`] reads it, without connecting, so a
     /// bad one can stop start-up instead of being retried (docs/configuration.md).
     pub fn check_url(url: &str) -> Result<(), BackplaneError> {
-        Target::parse(url).map(|_| ())
+        Target::parse(url, &ClientTls::default()).map(|_| ())
     }
 }

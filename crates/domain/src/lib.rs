@@ -20,6 +20,7 @@ pub mod outbound;
 pub mod provider;
 pub mod task;
 pub mod thresholds;
+pub mod tls;
 pub mod vocabulary;
 
 pub use audience::Audience;

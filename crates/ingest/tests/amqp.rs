@@ -4,6 +4,7 @@
 use herald_backplane::{
     Backplane, Mailbox, MailboxReceiver, MemoryBackplane, Received, Subscription,
 };
+use herald_domain::tls::ClientTls;
 use herald_domain::{Audience, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use herald_ingest::amqp::{self, AmqpConfig, Consumer, ConsumerStats, EnvelopeKind};
 use herald_ingest::{Pipeline, PipelineConfig};
@@ -159,6 +160,7 @@ fn config(base: &str) -> AmqpConfig {
         // parallel tests (and other herald instances on this broker) see each other's events.
         bind: vec![mt_exchange(base), base.to_owned()],
         prefetch: 10,
+        tls: ClientTls::default(),
     }
 }
 
@@ -305,6 +307,7 @@ async fn topology_is_idempotent_and_publish_event_routes_both_envelopes() {
         &body,
         "ce-1",
         EnvelopeKind::CloudEvents,
+        &ClientTls::default(),
     )
     .await
     .unwrap();
@@ -315,6 +318,7 @@ async fn topology_is_idempotent_and_publish_event_routes_both_envelopes() {
         &body,
         "mt-1",
         EnvelopeKind::MassTransit,
+        &ClientTls::default(),
     )
     .await
     .unwrap();
@@ -327,6 +331,7 @@ async fn topology_is_idempotent_and_publish_event_routes_both_envelopes() {
         &body,
         "x",
         EnvelopeKind::MassTransit,
+        &ClientTls::default(),
     )
     .await
     .unwrap_err();
@@ -338,7 +343,8 @@ async fn topology_is_idempotent_and_publish_event_routes_both_envelopes() {
             "bad type!",
             &body,
             "x",
-            EnvelopeKind::CloudEvents
+            EnvelopeKind::CloudEvents,
+            &ClientTls::default()
         )
         .await
         .is_err()

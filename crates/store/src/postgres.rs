@@ -16,9 +16,9 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use herald_domain::budget::{self, Change, SpendFacts, SpendObservation, ThresholdState};
 use herald_domain::thresholds::Thresholds;
+use herald_domain::tls::ClientTls;
 use herald_domain::{BudgetPeriod, Cause, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use rust_decimal::Decimal;
-use std::str::FromStr;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -57,16 +57,20 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
     StoreError::Unavailable(Cause::new(e))
 }
 
-fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
-    let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| StoreError::Unavailable(Cause::context("invalid database URL", e)))?;
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+/// `tls` applies when the URL's `sslmode` asks for TLS (crate::tls).
+fn pool(url: &str, max_size: usize, tls: &ClientTls) -> Result<Pool, StoreError> {
+    let invalid =
+        |e: String| StoreError::Unavailable(Cause::from(format!("invalid database URL: {e}")));
+    let (config, mode) = crate::tls::parse(url).map_err(invalid)?;
+    let manager_config = || ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match crate::tls::connector(mode, tls)
+        .map_err(|e| StoreError::Unavailable(Cause::from(format!("database TLS: {e}"))))?
+    {
+        None => Manager::from_config(config, NoTls, manager_config()),
+        Some(rustls) => Manager::from_config(config, rustls, manager_config()),
+    };
     Pool::builder(manager)
         .max_size(max_size)
         .build()
@@ -75,8 +79,8 @@ fn pool(url: &str, max_size: usize) -> Result<Pool, StoreError> {
 
 /// Applies every migration not yet applied, under an advisory lock so concurrent start-ups
 /// don't race.
-pub async fn migrate(url: &str) -> Result<Vec<i32>, StoreError> {
-    let pool = pool(url, 1)?;
+pub async fn migrate(url: &str, tls: &ClientTls) -> Result<Vec<i32>, StoreError> {
+    let pool = pool(url, 1, tls)?;
     let mut client = pool.get().await.map_err(unavailable)?;
     let tx = client.transaction().await.map_err(unavailable)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -119,8 +123,8 @@ impl PostgresStore {
     /// the database is down (readiness reports it).
     ///
     /// Must be called inside a Tokio runtime: the batching workers are spawned on it.
-    pub fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
-        let pool = pool(url, max_connections)?;
+    pub fn connect(url: &str, max_connections: usize, tls: &ClientTls) -> Result<Self, StoreError> {
+        let pool = pool(url, max_connections, tls)?;
         let p = pool.clone();
         let keys = Batcher::spawn(BATCH_WORKERS, BATCH, move |ids| {
             let p = p.clone();

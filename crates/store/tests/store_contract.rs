@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use herald_domain::budget::{SpendFacts, SpendObservation};
 use herald_domain::thresholds::Thresholds;
+use herald_domain::tls::ClientTls;
 use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, VirtualKey};
 use herald_store::{MemoryStore, PostgresStore, SharedStore, Store, StoreError};
 use rust_decimal::Decimal;
@@ -40,9 +41,14 @@ impl TestDb {
             .await
             .expect("create database");
         let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-        assert_eq!(herald_store::migrate(&url).await.expect("migrate"), vec![1]);
+        assert_eq!(
+            herald_store::migrate(&url, &ClientTls::default())
+                .await
+                .expect("migrate"),
+            vec![1]
+        );
         assert!(
-            herald_store::migrate(&url)
+            herald_store::migrate(&url, &ClientTls::default())
                 .await
                 .expect("migrate again")
                 .is_empty(),
@@ -80,7 +86,8 @@ impl Drop for TestDb {
 
 async fn stores() -> (Vec<(&'static str, SharedStore)>, TestDb) {
     let db = TestDb::new().await;
-    let pg: SharedStore = Arc::new(PostgresStore::connect(&db.url, 8).expect("pool"));
+    let pg: SharedStore =
+        Arc::new(PostgresStore::connect(&db.url, 8, &ClientTls::default()).expect("pool"));
     (
         vec![("memory", Arc::new(MemoryStore::new())), ("postgres", pg)],
         db,
@@ -298,10 +305,15 @@ async fn a_new_period_rearms() {
 
 #[tokio::test]
 async fn unreachable_database_is_unavailable_not_a_panic() {
-    let s = PostgresStore::connect("postgres://postgres@127.0.0.1:1/none", 1).unwrap();
+    let s = PostgresStore::connect(
+        "postgres://postgres@127.0.0.1:1/none",
+        1,
+        &ClientTls::default(),
+    )
+    .unwrap();
     assert!(matches!(s.ping().await, Err(StoreError::Unavailable(_))));
     assert!(matches!(
-        PostgresStore::connect("not a url", 1),
+        PostgresStore::connect("not a url", 1, &ClientTls::default()),
         Err(StoreError::Unavailable(_))
     ));
 }

@@ -1,6 +1,8 @@
 //! Talking to the broker: the error type, connecting with a deadline, the shutdown signal and
 //! the small conversions every part of the AMQP side shares.
 use herald_domain::Cause;
+use herald_domain::tls::ClientTls;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Confirmation, Connection, ConnectionProperties};
 use rand::Rng;
@@ -61,11 +63,34 @@ pub fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
     }
 }
 
-pub(super) async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+/// Connects to `url`; an `amqps://` URL goes through lapin's rustls (ring, the system roots
+/// plus `tls`'s CA, `tls`'s client certificate when the broker asks for one).
+pub(super) async fn connect(
+    url: &str,
+    name: &str,
+    tls: &ClientTls,
+) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
-    Connection::connect(url, props)
+    let failed = |e| AmqpError::Broker(Cause::context(format!("connecting to {}", redact(url)), e));
+    let runtime = lapin::runtime::default_runtime().map_err(failed)?;
+    Connection::connect_with_config(url, props, tls_config(tls), runtime)
         .await
-        .map_err(|e| AmqpError::Broker(Cause::context(format!("connecting to {}", redact(url)), e)))
+        .map_err(failed)
+}
+
+/// lapin's form of `tls`: the CA as PEM text, the client certificate and key as PEM.
+fn tls_config(tls: &ClientTls) -> OwnedTLSConfig {
+    OwnedTLSConfig {
+        identity: tls.identity.as_ref().map(|i| OwnedIdentity::PKCS8 {
+            pem: i.cert_pem.clone(),
+            key: i.key_pem.clone(),
+        }),
+        // Checked as PEM at start-up (src/tls.rs), so this is text.
+        cert_chain: tls
+            .ca_pem
+            .as_ref()
+            .map(|pem| String::from_utf8_lossy(pem).into_owned()),
+    }
 }
 
 /// The URL without its password, for messages.

@@ -126,7 +126,7 @@ impl Consumer {
         // The queue in the connection name tells operators (and tests) which consumer it is.
         let name = format!("herald consume {}", self.config.queue);
         let conn = tokio::select! {
-            c = bounded(connect(&self.config.url, &name)) => c?,
+            c = bounded(connect(&self.config.url, &name, &self.config.tls)) => c?,
             _ = stopped(shutdown) => return Ok(End::Shutdown),
         };
         let result = self.consume(&conn, shutdown, ready, consumed).await;

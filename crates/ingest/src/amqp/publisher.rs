@@ -8,6 +8,7 @@ use super::topology::{
 };
 use crate::envelope::{self, EnvelopeKind};
 use herald_domain::EventId;
+use herald_domain::tls::ClientTls;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
@@ -25,6 +26,7 @@ pub async fn publish_event(
     body: &Value,
     event_id: &str,
     envelope: EnvelopeKind,
+    tls: &ClientTls,
 ) -> Result<(), AmqpError> {
     let event_type = event_type.trim();
     if event_type.is_empty()
@@ -48,6 +50,7 @@ pub async fn publish_event(
         queue: queue.to_owned(),
         bind: Vec::new(),
         prefetch: 1,
+        tls: tls.clone(),
     };
     let now = herald_domain::fields::format_time(chrono::Utc::now());
     let short_type = envelope::short_type_name(event_type);
@@ -85,7 +88,7 @@ pub async fn publish_event(
     let exchange_name = short(&exchange, "exchange name")?;
     let routing_key = short(&routing_key, "routing key")?;
 
-    let conn = bounded(connect(url, "herald publish")).await?;
+    let conn = bounded(connect(url, "herald publish", tls)).await?;
     let result = bounded(async {
         let channel = conn
             .create_channel()

@@ -3,6 +3,7 @@
 //! writes. Declared idempotently by every consumer and by `herald publish`.
 use super::connection::{AmqpError, broker, short};
 use herald_domain::Cause;
+use herald_domain::tls::ClientTls;
 use herald_domain::vocabulary;
 use lapin::Channel;
 use lapin::ExchangeKind;
@@ -43,6 +44,8 @@ pub struct AmqpConfig {
     /// Extra exchanges to bind (declared durable fanout if missing).
     pub bind: Vec<String>,
     pub prefetch: u16,
+    /// CA and client certificate for an `amqps://` URL (docs/security.md).
+    pub tls: ClientTls,
 }
 
 /// The MassTransit exchanges of every inbound type and alias in the vocabulary,
