@@ -239,3 +239,22 @@ export function rawSpendClient(baseUrl, key, hub = "/hubs/spend") {
     ws.on("error", reject);
   });
 }
+
+/**
+ * The documented resume pattern (docs/protocol.md, "Cursors and resume") on a stock client with
+ * automatic reconnect: records the id and cursor of every `event`, keeps the cursor it had when
+ * the connection dropped, and after the reconnect invokes Resume with that one (live events can
+ * reach the new connection before onreconnected runs, and their cursor is past what was missed).
+ * Returns the ids received and the Resume results, both growing as they arrive.
+ */
+export function resumeAfterReconnect(conn, event = "SpendUpdate") {
+  const seen = { received: [], resumes: [], lastCursor: null };
+  let resumeFrom = null;
+  conn.on(event, (e) => {
+    seen.received.push(e.eventId);
+    seen.lastCursor = e.cursor;
+  });
+  conn.onreconnecting(() => { resumeFrom = seen.lastCursor; });
+  conn.onreconnected(async () => seen.resumes.push(await conn.invoke("Resume", resumeFrom)));
+  return seen;
+}

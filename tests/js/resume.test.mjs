@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as signalR from "@microsoft/signalr";
-import { Fixture, createKey, publish, until, sleep } from "./helpers.mjs";
+import { Fixture, createKey, publish, until, sleep, resumeAfterReconnect } from "./helpers.mjs";
 
 test("stock client: automatic reconnect to another node, then Resume(cursor) loses nothing", async (t) => {
   const f = new Fixture();
@@ -25,21 +25,8 @@ test("stock client: automatic reconnect to another node, then Resume(cursor) los
     .withAutomaticReconnect([0, 200, 500, 1000, 1000, 1000, 2000, 2000, 2000, 2000])
     .configureLogging(signalR.LogLevel.None)
     .build());
-  const received = [];
-  let lastCursor = null;
-  conn.on("SpendUpdate", (e) => {
-    received.push(e.eventId);
-    lastCursor = e.cursor;
-  });
-  const resumes = [];
-  // The cursor from before the drop (docs/protocol.md): live events may reach the new
-  // connection before onreconnected runs, and their cursor is past what was missed.
-  let resumeFrom = null;
-  conn.onreconnecting(() => { resumeFrom = lastCursor; });
-  conn.onreconnected(async () => {
-    const result = await conn.invoke("Resume", resumeFrom);
-    resumes.push(result);
-  });
+  const seen = resumeAfterReconnect(conn);
+  const { received, resumes } = seen;
   await conn.start();
 
   const sent = [];
@@ -52,7 +39,7 @@ test("stock client: automatic reconnect to another node, then Resume(cursor) los
   };
   send(5);
   await until(() => received.length >= 5, "the first 5 events");
-  assert.ok(lastCursor, "events carry a cursor");
+  assert.ok(seen.lastCursor, "events carry a cursor");
 
   // The node holding the WebSocket (haproxy's log names it) drains.
   // Connections that started: a WebSocket upgrade (101), or, when a WebSocket attempt failed while

@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as signalR from "@microsoft/signalr";
-import { Fixture, createKey, publish, until, sleep } from "./helpers.mjs";
+import { Fixture, createKey, publish, until, sleep, resumeAfterReconnect } from "./helpers.mjs";
 
 const TRANSPORTS = [
   ["LongPolling", signalR.HttpTransportType.LongPolling, "long_polling"],
@@ -82,16 +82,7 @@ for (const [name, transport, label] of TRANSPORTS) {
       .withAutomaticReconnect([0, 200, 500, 1000, 1000, 1000, 2000, 2000, 2000, 2000, 2000, 2000])
       .configureLogging(signalR.LogLevel.None)
       .build());
-    const received = [];
-    let lastCursor = null;
-    conn.on("SpendUpdate", (e) => {
-      received.push(e.eventId);
-      lastCursor = e.cursor;
-    });
-    const resumes = [];
-    let resumeFrom = null; // the cursor from before the drop (docs/protocol.md)
-    conn.onreconnecting(() => { resumeFrom = lastCursor; });
-    conn.onreconnected(async () => resumes.push(await conn.invoke("Resume", resumeFrom)));
+    const { received, resumes } = resumeAfterReconnect(conn);
     await conn.start();
 
     const sent = [];
