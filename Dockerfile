@@ -62,9 +62,10 @@ USER 10001:10001
 ENV HERALD_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 # Healthy while /readyz answers 200 (every configured dependency reachable; docs/operations.md).
-# The image has no curl: bash's /dev/tcp speaks the HTTP request, to the port of HERALD_LISTEN.
+# The image has no curl: bash's /dev/tcp speaks the HTTP request, to the port of
+# HERALD_ADMIN_LISTEN when it is set (then /readyz is served only there), else of HERALD_LISTEN.
 # Kubernetes ignores HEALTHCHECK and uses the chart's probes; compose sets its own check.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${HERALD_LISTEN##*:} && printf 'GET /readyz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && read -r _ code _ <&3 && [ \"$code\" = 200 ]"]
+    CMD ["bash", "-c", "a=${HERALD_ADMIN_LISTEN:-$HERALD_LISTEN} && exec 3<>/dev/tcp/127.0.0.1/${a##*:} && printf 'GET /readyz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && read -r _ code _ <&3 && [ \"$code\" = 200 ]"]
 ENTRYPOINT ["herald"]
 CMD ["standalone"]
