@@ -72,6 +72,23 @@ value to set. Arguments: (dict "ctx" $ "env" "HERALD_AMQP_URL" "v" .Values.rabbi
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- with .Values.dependencyTls }}
+{{- if .existingSecret }}
+{{- if .caKey }}
+- name: HERALD_TLS_CA_FILE
+  value: {{ printf "/etc/herald/tls/%s" .caKey | quote }}
+{{- end }}
+{{- if and .certKey (not .keyKey) }}
+{{- fail "dependencyTls.certKey needs dependencyTls.keyKey (the client certificate's private key)" }}
+{{- end }}
+{{- if .certKey }}
+- name: HERALD_TLS_CERT_FILE
+  value: {{ printf "/etc/herald/tls/%s" .certKey | quote }}
+- name: HERALD_TLS_KEY_FILE
+  value: {{ printf "/etc/herald/tls/%s" .keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -83,4 +100,25 @@ value to set. Arguments: (dict "ctx" $ "env" "HERALD_AMQP_URL" "v" .Values.rabbi
 {{- if or (and $v.masterKey.value (not $v.masterKey.existingSecret)) (and $v.connectionSecret.value (not $v.connectionSecret.existingSecret)) (and $v.rabbitmq.url (not $v.rabbitmq.existingSecret)) (and $v.redis.url (not $v.redis.existingSecret)) (and $v.postgresql.url (not $v.postgresql.existingSecret)) -}}
 true
 {{- end -}}
+{{- end -}}
+
+{{/* The dependencies' TLS files (dependencyTls), mounted read-only, for a container. */}}
+{{- define "herald.tlsVolumeMounts" -}}
+{{- if .Values.dependencyTls.existingSecret }}
+volumeMounts:
+  - name: dependency-tls
+    mountPath: /etc/herald/tls
+    readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The Secret behind herald.tlsVolumeMounts, for a pod. */}}
+{{- define "herald.tlsVolumes" -}}
+{{- if .Values.dependencyTls.existingSecret }}
+volumes:
+  - name: dependency-tls
+    secret:
+      secretName: {{ .Values.dependencyTls.existingSecret | quote }}
+      defaultMode: 0440
+{{- end }}
 {{- end -}}
