@@ -93,6 +93,10 @@ struct Args {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_url: String,
+    /// Exchange `--source amqp` publishes SpendUpdated to. A private name (bound to Herald's
+    /// queue with HERALD_AMQP_BIND) keeps a long run's traffic out of other consumers' queues.
+    #[arg(long, default_value = "ConduitLLM.Core.Events:SpendUpdated")]
+    amqp_exchange: String,
     #[arg(
         long,
         env = "HERALD_REDIS_URL",
@@ -269,6 +273,7 @@ async fn run(args: Args) -> Result<bool, Error> {
     let cfg = SourceConfig {
         source: args.source,
         amqp_url: args.amqp_url.clone(),
+        amqp_exchange: args.amqp_exchange.clone(),
         redis_url: args.redis_url.clone(),
         redis_prefix: args.redis_prefix.clone().unwrap_or_else(|| {
             match args.target {

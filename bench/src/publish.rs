@@ -33,7 +33,10 @@ pub enum Source {
 /// One publisher per worker (connections are cheap to clone or per worker).
 pub enum Publisher {
     None,
-    Amqp(lapin::Channel),
+    Amqp {
+        channel: lapin::Channel,
+        exchange: Arc<str>,
+    },
     Http {
         http: Http,
         master: Arc<str>,
@@ -55,6 +58,8 @@ pub enum Publisher {
 pub struct SourceConfig {
     pub source: Source,
     pub amqp_url: String,
+    /// The exchange `--source amqp` publishes to (MassTransit's SpendUpdated exchange by default).
+    pub amqp_exchange: String,
     pub redis_url: String,
     pub redis_prefix: String,
     pub http_host: String,
@@ -68,10 +73,16 @@ pub async fn publishers(cfg: &SourceConfig, workers: usize) -> Result<Vec<Publis
         Source::None => out.extend((0..workers).map(|_| Publisher::None)),
         Source::Amqp => {
             let conn = Connection::connect(&cfg.amqp_url, ConnectionProperties::default()).await?;
+            let exchange: Arc<str> = cfg.amqp_exchange.as_str().into();
             for _ in 0..workers {
-                let ch = conn.create_channel().await?;
-                ch.confirm_select(ConfirmSelectOptions::default()).await?;
-                out.push(Publisher::Amqp(ch));
+                let channel = conn.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                out.push(Publisher::Amqp {
+                    channel,
+                    exchange: exchange.clone(),
+                });
             }
             // The connection lives as long as its channels are used.
             std::mem::forget(conn);
@@ -136,11 +147,11 @@ impl Publisher {
         let sent = now_ns();
         match self {
             Publisher::None => Ok(()),
-            Publisher::Amqp(ch) => {
+            Publisher::Amqp { channel, exchange } => {
                 let body = envelope(&event_id, key_id, sent, &time);
-                let confirm = ch
+                let confirm = channel
                     .basic_publish(
-                        "ConduitLLM.Core.Events:SpendUpdated".into(),
+                        exchange.as_ref().into(),
                         "".into(),
                         BasicPublishOptions::default(),
                         body.as_bytes(),
