@@ -92,7 +92,10 @@ async fn run_role(role: Role, settings: Settings) -> Result<(), CommandError> {
     }
     if let Some(demo) = &app.dashboard {
         // A fragment never reaches the server: the key stays out of every log.
-        let key = demo.as_ref().map(|k| format!("#key={k}")).unwrap_or_default();
+        let key = demo
+            .as_ref()
+            .map(|k| format!("#key={k}"))
+            .unwrap_or_default();
         println!("dashboard: http://localhost:{}/{key}", addr.port());
     }
     tracing::info!(role = role.as_str(), node = %node, %addr, "herald started");

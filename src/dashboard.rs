@@ -19,7 +19,10 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 /// `/`, `/dashboard/dashboard.js`, `/dashboard/dashboard.css`.
 pub fn routes() -> Router {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route(
             "/dashboard/dashboard.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),

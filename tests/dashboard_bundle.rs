@@ -20,7 +20,10 @@ fn source_files() -> Vec<String> {
         for entry in entries {
             let name = entry.expect("directory entry").file_name();
             let name = name.to_string_lossy();
-            if [".ts", ".css", ".html"].iter().any(|ext| name.ends_with(ext)) {
+            if [".ts", ".css", ".html"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+            {
                 files.push(format!("{dir}/{name}"));
             }
         }
@@ -71,5 +74,8 @@ fn the_page_loads_the_embedded_assets() {
     let html = herald::dashboard::INDEX_HTML;
     assert!(html.contains(r#"src="dashboard/dashboard.js""#), "{html}");
     assert!(html.contains(r#"href="dashboard/dashboard.css""#), "{html}");
-    assert!(!html.contains("<script>"), "no inline script (the page's CSP forbids it)");
+    assert!(
+        !html.contains("<script>"),
+        "no inline script (the page's CSP forbids it)"
+    );
 }

@@ -3,11 +3,12 @@
 // key and global events); with the master key or an admin key, to /hubs/admin (every key).
 import "./dashboard.css";
 import { HeraldAuthError, HeraldClient, type ConnectionStatus } from "../src/client.js";
-import type { BudgetAlert } from "../src/events.js";
+import type { BudgetAlert, EventName } from "../src/events.js";
 import { HeraldState, type SpendSummary, type TaskState, type ProviderState } from "../src/state.js";
 
 const KEY_ITEM = "herald.dashboard.key";
 const MAX_TOASTS = 5;
+const INFO_TOAST_MS = 10_000;
 const THRESHOLDS = [50, 75, 90, 100];
 
 const $ = <T extends Element = HTMLElement>(sel: string, root: ParentNode = document) => root.querySelector(sel) as T;
@@ -45,10 +46,14 @@ interface Dashboard {
   received: string[];
   status: ConnectionStatus;
   statusHistory: ConnectionStatus[];
+  /** Alert ids a toast was shown for, in order (bounded). */
+  toasts: string[];
   hub: string;
+  /** The path every event takes (for load tests). */
+  ingest: (name: EventName, event: unknown) => void;
 }
 
-const dash: Dashboard = { client: null, state: newState(), received: [], status: "idle", statusHistory: [], hub: "" };
+const dash: Dashboard = { client: null, state: newState(), received: [], status: "idle", statusHistory: [], toasts: [], hub: "", ingest: (n, e) => ingest(n, e) };
 (window as unknown as { heraldDashboard: Dashboard }).heraldDashboard = dash;
 
 function newState() {
@@ -72,6 +77,7 @@ function render() {
   if (dirty.has("models")) renderModels();
   if (dirty.has("alerts")) renderAlerts();
   if (dirty.has("status")) renderStatus();
+  if (dirty.has("toasts")) renderToasts();
   dirty.clear();
 }
 
@@ -258,8 +264,24 @@ function renderStatus() {
 
 // ---- Toasts ------------------------------------------------------------------------------
 
+// Alerts wait here for the next frame; a burst (a replay of many alerts) shows its newest few.
+let pendingToasts: BudgetAlert[] = [];
 function toast(a: BudgetAlert) {
+  pendingToasts.push(a);
+  if (pendingToasts.length > MAX_TOASTS) pendingToasts = pendingToasts.slice(-MAX_TOASTS);
+  invalidate("toasts");
+}
+
+function renderToasts() {
+  const batch = pendingToasts;
+  pendingToasts = [];
+  for (const a of batch) showToast(a);
+}
+
+function showToast(a: BudgetAlert) {
   const root = $("#toasts");
+  dash.toasts.push(a.eventId);
+  if (dash.toasts.length > 1200) dash.toasts.splice(0, dash.toasts.length - 1000);
   const t = el("div", `toast sev-${a.severity}`);
   t.dataset.alert = a.eventId;
   t.setAttribute("role", "alert");
@@ -272,22 +294,29 @@ function toast(a: BudgetAlert) {
     dash.state.alerts.dismiss(a.eventId);
   });
   t.append(msg, close);
+  // Info toasts go away by themselves; warnings and critical ones stay until dismissed (every
+  // alert stays in the alert list either way).
+  if (a.severity === "info") setTimeout(() => t.remove(), INFO_TOAST_MS);
   root.prepend(t);
   while (root.children.length > MAX_TOASTS) root.lastElementChild?.remove();
 }
 
 // ---- Connecting --------------------------------------------------------------------------
 
+/** One event into the page: what every event of the client goes through. */
+function ingest(name: EventName, event: unknown) {
+  const id = (event as { eventId?: string }).eventId;
+  if (id) {
+    dash.received.push(id);
+    // Trimmed in steps, not per event (a splice per event would cost O(n) each).
+    if (dash.received.length > 12_000) dash.received.splice(0, dash.received.length - 10_000);
+  }
+  dash.state.apply(name, event as never);
+  if (name === "BudgetAlert") toast(event as BudgetAlert);
+}
+
 function wire(client: HeraldClient) {
-  client.onAny((name, event) => {
-    const id = (event as { eventId?: string }).eventId;
-    if (id) {
-      dash.received.push(id);
-      if (dash.received.length > 10_000) dash.received.splice(0, dash.received.length - 10_000);
-    }
-    dash.state.apply(name, event as never);
-    if (name === "BudgetAlert") toast(event as BudgetAlert);
-  });
+  client.onAny(ingest);
   client.onStatus(() => {
     if (dash.client !== client) return;
     dash.status = client.status;

@@ -159,6 +159,12 @@ export class SpendTracker extends Store<ReadonlyMap<number, SpendSummary>> {
     const s = this.entry(e.virtualKeyId);
     if (!s.severity || SEVERITY_RANK[e.severity] > SEVERITY_RANK[s.severity]) s.severity = e.severity;
     if (s.budget === undefined && e.budget !== undefined) s.budget = Number(e.budget);
+    // A key known only from its alerts (no SpendUpdate seen yet): the alert's figures.
+    if (s.updatedAt === 0) {
+      s.totalSpend = Number(e.currentSpend);
+      s.percentage = Number(e.percentage);
+      s.remaining = Number(e.remaining);
+    }
     this.changed();
     return true;
   }
