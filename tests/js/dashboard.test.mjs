@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { mkdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
-import { Fixture, ROOT, createKey, publish, sleep } from "./helpers.mjs";
+import { Fixture, ROOT, MASTER_KEY, createKey, publish, sleep } from "./helpers.mjs";
 
 const CHROMIUM = process.env.HERALD_CHROMIUM ?? "/usr/bin/chromium";
 const SHOTS = process.env.HERALD_SCREENSHOTS ?? join(ROOT, "target", "browser-screenshots");
@@ -171,4 +171,22 @@ test("dashboard in chromium: budget bar, toasts, task, provider, status through 
   assert.match(final.amount, /^10\.60 of 10\.00 · 106%$/);
   await page.screenshot({ path: join(SHOTS, "dashboard-after-restart.png") });
   assert.deepEqual(consoleLines.filter((l) => l.startsWith("pageerror")), [], consoleLines.join("\n"));
+
+  // The master key, pasted into the field: the admin view, one bar per key.
+  const other = createKey(db, 52, { budget: "20.00" });
+  assert.ok(other);
+  const admin = await browser.newPage({ viewport: { width: 1280, height: 700 } });
+  await admin.goto(`${node.url}/`);
+  await admin.fill("#key", MASTER_KEY);
+  await admin.click("#connect-btn");
+  await waitIn(admin, "admin connected", () => document.querySelector("#status").dataset.status === "connected");
+  assert.equal(await admin.evaluate(() => document.querySelector("#view").textContent), "admin view: every key");
+  spend(0.1);
+  publish(f, "SpendUpdated", { keyId: 52, amount: 16, newTotalSpend: 16 }, { id: "db-other-1" });
+  const bars = await waitIn(admin, "two keys' bars", () => {
+    const cards = [...document.querySelectorAll(".card")].map((c) => [c.dataset.key, c.dataset.level]);
+    return cards.length === 2 && cards;
+  });
+  assert.deepEqual(bars, [["51", "exceeded"], ["52", "warning"]]);
+  await admin.screenshot({ path: join(SHOTS, "dashboard-admin.png") });
 });
