@@ -170,6 +170,29 @@ test("dashboard in chromium: budget bar, toasts, task, provider, status through 
   assert.deepEqual(final.history, ["connecting", "connected", "reconnecting", "connected"], "the status indicator's states");
   assert.match(final.amount, /^10\.60 of 10\.00 · 106%$/);
   await page.screenshot({ path: join(SHOTS, "dashboard-after-restart.png") });
+
+  // The page goes away and comes back in the same tab (as a reload): it comes back with its
+  // state (saved in sessionStorage with its cursor), resumes after that cursor, and the event
+  // sent while it was gone arrives once.
+  await page.goto("about:blank");
+  const duringReload = spend(0.1);
+  await page.goto(`${node.url}/`);
+  await waitIn(page, "connected after the reload", () => document.querySelector("#status").dataset.status === "connected");
+  const reloaded = await waitIn(page, "the event sent during the reload", (id) => window.heraldDashboard.received.includes(id) && {
+    received: window.heraldDashboard.received,
+    amount: document.querySelector('.card[data-key="51"] .amount').textContent,
+    tasks: document.querySelectorAll(".task").length,
+    providers: document.querySelector('.provider[data-provider="7"]')?.dataset.status,
+    alerts: document.querySelectorAll("#alerts li").length,
+  }, duringReload);
+  await sleep(1000);
+  const afterReload = await page.evaluate(() => window.heraldDashboard.received);
+  assert.ok(!afterReload.some((id) => final.received.includes(id) && id !== duringReload), `nothing from before the reload again: ${afterReload.join(",")}`);
+  assert.equal(afterReload.filter((id) => id === duringReload).length, 1);
+  assert.match(reloaded.amount, /^10\.70 of 10\.00 · 107%$/);
+  assert.equal(reloaded.alerts, 4, "the alert list is back");
+  assert.equal(reloaded.providers, "unhealthy", "provider health is back");
+  await page.screenshot({ path: join(SHOTS, "dashboard-after-reload.png") });
   assert.deepEqual(consoleLines.filter((l) => l.startsWith("pageerror")), [], consoleLines.join("\n"));
 
   // The master key, pasted into the field: the admin view, one bar per key.

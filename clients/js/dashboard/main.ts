@@ -2,11 +2,14 @@
 // animation frame whatever the event rate. With a virtual key it connects to /hubs/events (its
 // key and global events); with the master key or an admin key, to /hubs/admin (every key).
 import "./dashboard.css";
-import { HeraldAuthError, HeraldClient, type ConnectionStatus } from "../src/client.js";
+import { HeraldAuthError, HeraldClient, fingerprint, type ConnectionStatus } from "../src/client.js";
 import type { BudgetAlert, EventName } from "../src/events.js";
 import { HeraldState, type SpendSummary, type TaskState, type ProviderState } from "../src/state.js";
 
 const KEY_ITEM = "herald.dashboard.key";
+/** The page's state and the cursor it corresponds to, per key: a reload starts from there. */
+const stateItem = (key: string) => `herald.dashboard.state:${fingerprint(key)}`;
+const SAVE_EVERY_MS = 2000;
 const MAX_TOASTS = 5;
 const INFO_TOAST_MS = 10_000;
 const THRESHOLDS = [50, 75, 90, 100];
@@ -325,15 +328,50 @@ function wire(client: HeraldClient) {
   });
 }
 
+let currentKey = "";
+let restored = false;
+
+/**
+ * Saves the state with the cursor it corresponds to, read at the same moment, so that a reload
+ * resumes exactly after what the saved state holds (every 2 s and when the page goes away).
+ */
+function saveState() {
+  const c = dash.client;
+  const hub = dash.hub as "events" | "admin";
+  const cursor = c && hub ? c.cursor(hub) : null;
+  if (!currentKey || !cursor) return;
+  try {
+    sessionStorage.setItem(stateItem(currentKey), JSON.stringify({ hub, cursor, state: dash.state.save() }));
+  } catch {
+    /* storage full or refused: a reload then starts empty */
+  }
+}
+
+/** The saved state of `key`, loaded once per page; the cursor to resume from, per hub. */
+function restoreState(key: string): Partial<Record<"events" | "admin", string>> {
+  if (restored) return {};
+  restored = true;
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(stateItem(key)) ?? "null");
+    if (!saved?.cursor || !saved?.hub) return {};
+    dash.state.load(saved.state);
+    return { [saved.hub]: saved.cursor };
+  } catch {
+    return {};
+  }
+}
+
 async function connect(key: string) {
   await disconnect();
   sessionStorage.setItem(KEY_ITEM, key);
+  currentKey = key;
+  const cursors = restoreState(key);
   const base = location.href.replace(/[#?].*$/, "").replace(/\/[^/]*$/, "");
   // A virtual key sees its own key and global events; the master and admin keys everything.
   // Virtual keys (admin keys too) start with condt_; anything else can only be the master key.
   const hubs = key.startsWith("condt_") ? (["events", "admin"] as const) : (["admin"] as const);
   for (const hub of hubs) {
-    const client = new HeraldClient({ url: base, key, hubs: [hub], storage: sessionStorage, storageKey: "herald.dashboard", reconnect: { initialDelayMs: 250, maxDelayMs: 5000 } });
+    const client = new HeraldClient({ url: base, key, hubs: [hub], cursors, reconnect: { initialDelayMs: 250, maxDelayMs: 5000 } });
     dash.client = client;
     dash.hub = hub;
     wire(client);
@@ -352,6 +390,7 @@ async function connect(key: string) {
 }
 
 async function disconnect() {
+  saveState();
   const c = dash.client;
   dash.client = null;
   dash.hub = "";
@@ -391,6 +430,8 @@ function init() {
     if (input.value.trim()) void connect(input.value.trim());
   });
   $("#disconnect-btn").addEventListener("click", () => void disconnect());
+  addEventListener("pagehide", saveState);
+  setInterval(saveState, SAVE_EVERY_MS);
   for (const part of ["spend", "tasks", "providers", "models", "alerts", "status"]) invalidate(part);
   if (key) void connect(key);
 }

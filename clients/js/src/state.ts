@@ -169,6 +169,12 @@ export class SpendTracker extends Store<ReadonlyMap<number, SpendSummary>> {
     return true;
   }
 
+  /** Restores summaries saved from `snapshot()` (e.g. across a page reload). */
+  restore(saved: Iterable<[number, SpendSummary]>) {
+    for (const [id, s] of saved) this.keys.set(Number(id), { ...s, transactions: [...s.transactions], all: [...s.transactions].reverse() });
+    this.changed();
+  }
+
   protected build(): ReadonlyMap<number, SpendSummary> {
     const out = new Map<number, SpendSummary>();
     for (const [id, { all: _all, ...s }] of this.keys) out.set(id, { ...s, transactions: [...s.transactions] });
@@ -211,6 +217,15 @@ export class AlertList extends Store<readonly AlertEntry[]> {
   clear() {
     this.alerts = [];
     this.ids.clear();
+    this.changed();
+  }
+  restore(saved: readonly AlertEntry[]) {
+    for (const a of [...saved].reverse()) {
+      if (this.ids.has(a.eventId)) continue;
+      this.ids.add(a.eventId);
+      this.alerts.unshift({ ...a });
+    }
+    this.alerts = this.alerts.slice(0, this.max);
     this.changed();
   }
   protected build(): readonly AlertEntry[] {
@@ -290,6 +305,14 @@ export class TaskTracker extends Store<readonly TaskState[]> {
     return true;
   }
 
+  restore(saved: readonly TaskState[]) {
+    for (const t of saved) {
+      this.tasks.set(t.taskId, { ...t, first: { at: t.startedAt, progress: 0 } });
+      if (t.finishedAt !== undefined) this.scheduleSweep();
+    }
+    this.changed();
+  }
+
   /** Removes finished tasks older than `cleanupAfterMs`; returns how many. */
   sweep(now = this.now()): number {
     const after = this.options.cleanupAfterMs ?? 30_000;
@@ -367,6 +390,10 @@ export class ProviderHealth extends Store<ReadonlyMap<number, ProviderState>> {
     this.changed();
     return true;
   }
+  restore(saved: Iterable<[number, ProviderState]>) {
+    for (const [id, p] of saved) this.providers.set(Number(id), { ...p });
+    this.changed();
+  }
   protected build(): ReadonlyMap<number, ProviderState> {
     return new Map(this.providers);
   }
@@ -393,6 +420,10 @@ export class ModelFeed extends Store<readonly DiscoveredModels[]> {
     this.changed();
     return true;
   }
+  restore(saved: readonly DiscoveredModels[]) {
+    this.feed = [...saved].slice(0, this.max);
+    this.changed();
+  }
   protected build(): readonly DiscoveredModels[] {
     return [...this.feed];
   }
@@ -406,6 +437,15 @@ export interface HeraldStateOptions {
   alerts?: number;
   providerHistory?: number;
   models?: number;
+}
+
+export interface SavedState {
+  version: 1;
+  spend: [number, SpendSummary][];
+  alerts: AlertEntry[];
+  tasks: TaskState[];
+  providers: [number, ProviderState][];
+  models: DiscoveredModels[];
 }
 
 /** Every helper, fed from one client. */
@@ -430,6 +470,33 @@ export class HeraldState {
     this.providers.apply(name, event);
     this.models.apply(name, event);
   }
+  /**
+   * Everything the helpers hold, as JSON-ready data. Saved together with the client's cursors
+   * (the same moment: e.g. on `pagehide`, with `storage` set), it lets a reloaded page start
+   * where it was and resume from there with nothing missing or counted twice.
+   */
+  save(): SavedState {
+    return {
+      version: 1,
+      spend: [...this.spend.snapshot()],
+      alerts: [...this.alerts.snapshot()],
+      tasks: [...this.tasks.snapshot()],
+      providers: [...this.providers.snapshot()],
+      models: [...this.models.snapshot()],
+    };
+  }
+
+  /** Loads what `save()` returned; anything unrecognised is ignored. */
+  load(saved: unknown) {
+    const s = saved as Partial<SavedState> | null;
+    if (!s || s.version !== 1) return;
+    if (Array.isArray(s.spend)) this.spend.restore(s.spend);
+    if (Array.isArray(s.alerts)) this.alerts.restore(s.alerts);
+    if (Array.isArray(s.tasks)) this.tasks.restore(s.tasks);
+    if (Array.isArray(s.providers)) this.providers.restore(s.providers);
+    if (Array.isArray(s.models)) this.models.restore(s.models);
+  }
+
   /** Feeds every event of `client` in; returns the function that stops it. */
   attach(client: HeraldClient): () => void {
     return client.onAny((name, event) => this.apply(name, event as any));

@@ -119,6 +119,17 @@ test("standalone: state helpers from real events (spend, trend, alerts, tasks, p
   assert.deepEqual(p.history.map((h) => h.status), ["healthy"]);
   assert.deepEqual(state.models.snapshot()[0].models, ["gpt-4o", "o3"]);
   assert.equal(new Set(got.ids).size, got.ids.length, "no event twice");
+
+  // save() and load() through JSON (what a page keeps across a reload) give the same state.
+  const copy = new HeraldState();
+  copy.load(JSON.parse(JSON.stringify(state.save())));
+  const json = (x) => JSON.parse(JSON.stringify(x)); // fields set to undefined are not kept
+  assert.deepEqual(json(copy.spend.get(1)), json(state.spend.get(1)));
+  assert.deepEqual(json(copy.alerts.snapshot()), json(state.alerts.snapshot()));
+  assert.deepEqual(json(copy.providers.snapshot().get(3)), json(state.providers.snapshot().get(3)));
+  assert.deepEqual(json(copy.models.snapshot()), json(state.models.snapshot()));
+  assert.ok(copy.spend.get(1).transactions.length === 4 && copy.alerts.snapshot().length === 3);
+  copy.dispose();
   state.dispose();
 });
 
