@@ -78,17 +78,36 @@ pub async fn run(invocation: Invocation) -> Result<(), CommandError> {
     result
 }
 
+/// One banner line on stdout. A reader that went away (a closed pipe: a script that read the
+/// line it wanted and closed its end) must not stop the node, as `println!` would by panicking.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 async fn run_role(role: Role, settings: Settings) -> Result<(), CommandError> {
     let node = settings.node_id.clone();
     let app = Application::build(role, settings).await?;
     let addr = app.local_addr().map_err(CommandError::Serve)?;
     // Scripts and tests wait for this exact line on stdout.
-    println!("listening on http://{addr}");
+    say(&format!("listening on http://{addr}"));
     if let Some(admin) = app.admin_addr() {
-        println!("admin listening on http://{admin}");
+        say(&format!("admin listening on http://{admin}"));
     }
     for line in &app.banner {
-        println!("{line}");
+        say(line);
+    }
+    if let Some(demo) = &app.dashboard {
+        // A fragment never reaches the server: the key stays out of every log.
+        let key = demo
+            .as_ref()
+            .map(|k| format!("#key={k}"))
+            .unwrap_or_default();
+        say(&format!(
+            "dashboard: http://localhost:{}/{key}",
+            addr.port()
+        ));
     }
     tracing::info!(role = role.as_str(), node = %node, %addr, "herald started");
     let (tx, rx) = watch::channel(false);

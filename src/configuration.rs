@@ -277,6 +277,13 @@ pub struct GatewayArgs {
     /// shares the proxy's address and this caps the whole node.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N", default_value = "1000", value_parser = at_least_one)]
     pub max_connections_per_address: usize,
+    /// The built-in dashboard at `/`: on or off.
+    ///
+    /// Unset, `standalone` serves it and `serve` does not. A static page (embedded in the
+    /// binary) that connects to this node's hubs with the key the user pastes; it holds no
+    /// credential itself (docs/clients.md).
+    #[arg(long, env = "HERALD_DASHBOARD", value_name = "BOOL", value_parser = boolean)]
+    pub dashboard: Option<bool>,
 }
 
 // ---- Read from the environment only ------------------------------------------------------------
@@ -400,6 +407,8 @@ pub struct Settings {
     pub long_poll_timeout: Duration,
     pub max_connections_per_key: usize,
     pub max_connections_per_address: usize,
+    /// Unset: the role's default (standalone on, serve off).
+    pub dashboard: Option<bool>,
 }
 
 /// URLs may carry passwords: `Debug` shows them without.
@@ -434,6 +443,7 @@ impl std::fmt::Debug for Settings {
                 "max_connections_per_address",
                 &self.max_connections_per_address,
             )
+            .field("dashboard", &self.dashboard)
             .finish()
     }
 }
@@ -511,6 +521,7 @@ impl Settings {
             long_poll_timeout: gateway.long_poll_timeout,
             max_connections_per_key: gateway.max_connections_per_key,
             max_connections_per_address: gateway.max_connections_per_address,
+            dashboard: gateway.dashboard,
         })
     }
 }

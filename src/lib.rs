@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod commands;
 pub mod configuration;
+pub mod dashboard;
 pub mod http;
 pub mod keys;
 pub mod metrics;

@@ -81,6 +81,8 @@ pub struct Application {
     drain_window: std::time::Duration,
     /// Printed once the node runs (standalone with generated credentials).
     pub banner: Vec<String>,
+    /// The dashboard is served at `/`; with the demo key to put in its link (standalone).
+    pub dashboard: Option<Option<String>>,
 }
 
 pub fn store_for(role: Role, settings: &Settings) -> Result<SharedStore, StartupError> {
@@ -157,6 +159,7 @@ impl Application {
             banner.push(format!("master key: {generated}"));
             settings.master_key = Some(Secret::new(generated));
         }
+        let mut demo_key = None;
         if role == Role::Standalone && settings.database_url.is_none() {
             let raw = RawKey::generate();
             let id = KeyId::new(1).map_err(|e| StartupError::Config(e.to_string()))?;
@@ -167,6 +170,7 @@ impl Application {
                 "demo virtual key (id 1, budget 10.00): {}",
                 raw.expose()
             ));
+            demo_key = Some(raw.expose().to_owned());
         }
         let pipeline = Pipeline::new(
             PipelineConfig {
@@ -232,6 +236,13 @@ impl Application {
             router = router.merge(g.router());
             gateway = Some(g);
         }
+        // HERALD_DASHBOARD, or the role's default: on for standalone, off for serve.
+        let dashboard = (role != Role::Consume
+            && settings.dashboard.unwrap_or(role == Role::Standalone))
+        .then_some(demo_key);
+        if dashboard.is_some() {
+            router = router.merge(crate::dashboard::routes());
+        }
         let listener = bind(settings.listen).await?;
         let admin = match (settings.admin_listen, admin_router) {
             (Some(addr), Some(r)) => Some((bind(addr).await?, r)),
@@ -245,6 +256,7 @@ impl Application {
             gateway,
             consumer,
             banner,
+            dashboard,
             drain_window: settings.drain_window,
         })
     }
