@@ -127,6 +127,7 @@ fn fanout_benches(c: &mut Criterion) {
                         payload: serde_json::value::RawValue::from_string(PAYLOAD.to_owned())
                             .unwrap(),
                         task: None,
+                        binary: Default::default(),
                     }
                 },
                 |ev| {

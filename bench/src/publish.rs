@@ -176,6 +176,7 @@ impl Publisher {
                     traceparent: None,
                     payload,
                     task: None,
+                    binary: Default::default(),
                 };
                 bp.publish(&[Audience::Key(key)], &ev).await?;
                 Ok(())
