@@ -362,7 +362,7 @@ async fn next_text(ws: &mut Ws) -> Result<String, Error> {
 async fn session(mut ws: Ws, rest: Vec<u8>, spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
     if !rest.is_empty() {
         if shared.msgpack {
-            msgpack_messages(&rest, spec, shared)?;
+            msgpack_frame(&rest, spec, shared)?;
         } else {
             records(&String::from_utf8_lossy(&rest), spec, shared)?;
         }
@@ -375,7 +375,7 @@ async fn session(mut ws: Ws, rest: Vec<u8>, spec: &ConnSpec, shared: &Shared) ->
             m = ws.next() => match m.ok_or("closed")?? {
                 Message::Binary(b) if shared.msgpack => {
                     shared.bytes_received.fetch_add(b.len() as u64, Ordering::Relaxed);
-                    msgpack_messages(&b, spec, shared)?;
+                    msgpack_frame(&b, spec, shared)?;
                 }
                 Message::Text(t) => match shared.protocol {
                     Protocol::SignalR => {
@@ -417,59 +417,14 @@ pub(crate) fn records(frame: &str, spec: &ConnSpec, shared: &Shared) -> Result<(
     Ok(())
 }
 
-/// Handles the MessagePack messages of one binary frame (each with its VarInt length prefix);
-/// `Err` when the server sent Close.
-fn msgpack_messages(frame: &[u8], spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
-    use rmpv::Value as Mp;
-    let mut rest = frame;
-    while !rest.is_empty() {
-        let mut len = 0usize;
-        let mut at = 0;
-        loop {
-            let b = *rest.get(at).ok_or("truncated length prefix")?;
-            len |= usize::from(b & 0x7f) << (7 * at);
-            at += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-            if at >= 5 {
-                return Err("length prefix too long".into());
-            }
+/// Accounts the events of one MessagePack frame; `Err` when the server sent Close.
+fn msgpack_frame(frame: &[u8], spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
+    crate::msgpack::messages(frame, |fields| match fields {
+        Some((id, request, cursor)) => deliver_fields(id, request, cursor, spec, shared),
+        None => {
+            shared.other_records.fetch_add(1, Ordering::Relaxed);
         }
-        let message = rest.get(at..at + len).ok_or("truncated message")?;
-        rest = &rest[at + len..];
-        let mut rd = message;
-        let Mp::Array(items) = rmpv::decode::read_value(&mut rd).map_err(|e| e.to_string())? else {
-            return Err("a message is not an array".into());
-        };
-        match items.first().and_then(Mp::as_u64) {
-            Some(6) => {}
-            Some(7) => return Err(format!("server closed: {items:?}").into()),
-            Some(1) => {
-                let field = |k: &str| match items.get(4) {
-                    Some(Mp::Array(args)) => match args.first() {
-                        Some(Mp::Map(m)) => m
-                            .iter()
-                            .find(|(key, _)| key.as_str() == Some(k))
-                            .and_then(|(_, v)| v.as_str()),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                deliver_fields(
-                    field("eventId"),
-                    field("requestId"),
-                    field("cursor"),
-                    spec,
-                    shared,
-                );
-            }
-            _ => {
-                shared.other_records.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    Ok(())
+    })
 }
 
 /// Accounts one delivered JSON record.

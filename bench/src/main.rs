@@ -10,6 +10,7 @@ mod client;
 mod error;
 mod http;
 mod longpoll;
+mod msgpack;
 mod procfs;
 mod publish;
 

@@ -377,6 +377,18 @@ mod tests {
         let back: OutboundEvent =
             serde_json::from_str(&serde_json::to_string(&out).unwrap()).unwrap();
         assert_eq!(back.payload.get(), out.payload.get());
+        // The money fields named for other encodings are exactly the payload's numbers other
+        // than the key id.
+        let payload: Map<String, Value> = serde_json::from_str(out.payload.get()).unwrap();
+        let mut numbers: Vec<&str> = payload
+            .iter()
+            .filter(|(k, v)| v.is_number() && *k != "virtualKeyId")
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut money = decimal_fields(Outbound::SpendUpdate).to_vec();
+        numbers.sort_unstable();
+        money.sort_unstable();
+        assert_eq!(numbers, money);
     }
 
     #[test]

@@ -264,9 +264,12 @@ pub fn push_positional(buf: &mut Vec<u8>, method: Outbound, ev: &OutboundEvent) 
     });
 }
 
+/// A message (without its prefix) and the bytes after it.
+pub type Split<'a> = (&'a [u8], &'a [u8]);
+
 /// Splits off the first complete message of `buf` (without its prefix). `Ok(None)` until it is
 /// all there; `Err` for a prefix longer than 5 bytes or a length above `max`.
-pub fn take_message(buf: &[u8], max: usize) -> Result<Option<(&[u8], &[u8])>, String> {
+pub fn take_message(buf: &[u8], max: usize) -> Result<Option<Split<'_>>, String> {
     let mut len: usize = 0;
     for (i, &byte) in buf.iter().enumerate().take(MAX_PREFIX) {
         len |= usize::from(byte & 0x7f) << (7 * i);

@@ -381,20 +381,13 @@ impl Session {
             &carried[..]
         };
         loop {
-            let (record, tail) = match self.proto {
-                Protocol::Json => match crate::protocol::take_record(rest) {
-                    Some(split) => split,
-                    None => break,
-                },
-                Protocol::MessagePack => match crate::msgpack::take_message(rest, max) {
-                    Ok(Some(split)) => split,
-                    Ok(None) => break,
-                    Err(e) => return self.close(Some(&e), false).await,
-                },
+            let (record, tail) = match out::take_message(self.proto, rest, max) {
+                Ok(Some(split)) => split,
+                Ok(None) => break,
+                Err(e) => return self.close(Some(&e), false).await,
             };
             rest = tail;
-            let blank = self.proto == Protocol::Json && record.iter().all(u8::is_ascii_whitespace);
-            if !blank {
+            if !out::is_blank(self.proto, record) {
                 // Boxed: clients send little (pings, a few invocations), and a record's handling
                 // (parsing, a hub method) is larger than the rest of the idle loop.
                 Box::pin(self.on_record(record)).await?;
@@ -407,11 +400,7 @@ impl Session {
     }
 
     pub(super) async fn on_record(&mut self, record: &[u8]) -> Step {
-        let parsed = match self.proto {
-            Protocol::Json => crate::protocol::parse_message(record),
-            Protocol::MessagePack => crate::msgpack::parse_message(record),
-        };
-        match parsed {
+        match out::parse_message(self.proto, record) {
             Err(e) => self.close(Some(&e), false).await,
             Ok(ClientMessage::Invocation {
                 invocation_id,

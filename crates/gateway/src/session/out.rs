@@ -1,8 +1,9 @@
-//! What a session writes, in the hub protocol its client chose at the handshake: JSON records
-//! in text frames, or MessagePack messages in binary frames (docs/protocol.md, "MessagePack").
-//! Frames are built here; the session only sends them.
-use crate::msgpack;
-use crate::protocol::{self, Protocol};
+//! What a session reads and writes, in the hub protocol its client chose at the handshake: JSON
+//! records in text frames, or MessagePack messages in binary frames (docs/protocol.md,
+//! "MessagePack"). Frames are built and client messages split and parsed here; the session only
+//! sends and handles them.
+use crate::msgpack::{self, Split};
+use crate::protocol::{self, ClientMessage, Protocol};
 use axum::extract::ws::Message;
 use herald_domain::{Outbound, OutboundEvent};
 
@@ -79,6 +80,30 @@ impl Frame {
                 msgpack::push_object(b, target, &form, cursor);
             }
         }
+    }
+}
+
+/// Splits off the next complete client message of `buf`; `Err` is a Close reason.
+pub(super) fn take_message(
+    p: Protocol,
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<Split<'_>>, String> {
+    match p {
+        Protocol::Json => Ok(protocol::take_record(buf)),
+        Protocol::MessagePack => msgpack::take_message(buf, max),
+    }
+}
+
+/// A JSON record of whitespace only, which clients may send between records.
+pub(super) fn is_blank(p: Protocol, record: &[u8]) -> bool {
+    p == Protocol::Json && record.iter().all(u8::is_ascii_whitespace)
+}
+
+pub(super) fn parse_message(p: Protocol, record: &[u8]) -> Result<ClientMessage, String> {
+    match p {
+        Protocol::Json => protocol::parse_message(record),
+        Protocol::MessagePack => msgpack::parse_message(record),
     }
 }
 
