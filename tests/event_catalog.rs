@@ -5,13 +5,18 @@
 //! table before each input is executed too: each event reaches exactly the audiences listed
 //! (one mailbox per audience), and the hubs listed are exactly those the gateway's hub table
 //! lets the event through to (a client of the event's key, or the master key for admin hubs).
+//! Each event is also encoded as a MessagePack client receives it and must decode to the same
+//! values as its documented JSON form, by the rules and money table of the document's
+//! "MessagePack form" section.
 //! `HERALD_PRINT_CATALOG=1` prints what the code produces, for writing the document.
 #![allow(clippy::unwrap_used)]
 
 use herald_backplane::{Backplane, Mailbox, MemoryBackplane, Received};
-use herald_domain::{Audience, KeyHash, KeyId, VirtualKey};
+use herald_domain::outbound::decimal_fields;
+use herald_domain::{Audience, KeyHash, KeyId, Outbound, OutboundEvent, VirtualKey};
 use herald_gateway::auth::Principal;
 use herald_gateway::hubs;
+use herald_gateway::msgpack;
 use herald_ingest::envelope::MessageMeta;
 use herald_ingest::{Pipeline, PipelineConfig};
 use herald_store::{MemoryStore, Store};
@@ -143,10 +148,12 @@ async fn the_documented_examples_are_what_the_code_produces() {
             .await
             .unwrap_or_else(|e| panic!("example {i} was refused: {e}\n{}", ex.input));
         let mut produced = Vec::new();
+        let mut sent = Vec::new();
         // eventId → the audiences it was published to.
         let mut reached: HashMap<String, BTreeSet<String>> = HashMap::new();
         while let Some(Received::Delivery(d)) = admin.try_recv() {
             produced.push((d.event.name.name(), d.event.payload.get().to_string()));
+            sent.push(d.event.clone());
             reached
                 .entry(d.event.event_id.to_string())
                 .or_default()
@@ -183,6 +190,10 @@ async fn the_documented_examples_are_what_the_code_produces() {
             });
             assert_eq!(got, doc, "example {i}: {name} differs from docs/events.md");
         }
+        for (ev, (name, doc)) in sent.iter().zip(&ex.outputs) {
+            let doc: Value = serde_json::from_str(doc).unwrap();
+            msgpack_form_matches(i, name, ev, &doc);
+        }
         // The table: audiences and hubs of each event.
         let table: Vec<&str> = ex.routes.iter().map(|(n, _, _)| n.as_str()).collect();
         assert_eq!(
@@ -203,4 +214,141 @@ async fn the_documented_examples_are_what_the_code_produces() {
             assert_eq!(got, doc, "example {i}: hubs of {name} {id}");
         }
     }
+}
+
+/// Splits one length-prefixed MessagePack message off `buf`, decoded: `[1, {}, nil, target,
+/// arguments, []]` of an Invocation, returned as (target, arguments).
+fn invocation(buf: &[u8]) -> (String, Vec<rmpv::Value>) {
+    let (msg, rest) = msgpack::take_message(buf, usize::MAX).unwrap().unwrap();
+    assert!(rest.is_empty(), "one message");
+    let mut rd = msg;
+    let rmpv::Value::Array(items) = rmpv::decode::read_value(&mut rd).unwrap() else {
+        panic!("not an array")
+    };
+    assert!(rd.is_empty(), "the prefix is the message's length");
+    assert_eq!(items.len(), 6, "{items:?}");
+    assert_eq!(items[5], rmpv::Value::Array(Vec::new()), "no stream ids");
+    assert_eq!(items[0], rmpv::Value::from(1));
+    assert_eq!(items[1], rmpv::Value::Map(Vec::new()));
+    assert_eq!(items[2], rmpv::Value::Nil);
+    let rmpv::Value::Array(args) = &items[4] else {
+        panic!("arguments are not an array")
+    };
+    (items[3].as_str().unwrap().to_owned(), args.clone())
+}
+
+/// `mp` carries the value of `json` by the rules of docs/events.md, "MessagePack form".
+fn same_value(json: &Value, mp: &rmpv::Value, money: bool) -> bool {
+    use rmpv::Value as Mp;
+    match (json, mp) {
+        (Value::Null, Mp::Nil) => true,
+        (Value::Bool(a), Mp::Boolean(b)) => a == b,
+        (Value::String(a), Mp::String(b)) => b.as_str() == Some(a),
+        // Money: always the exact digits as text.
+        (Value::Number(n), Mp::String(s)) if money => s.as_str() == Some(&n.to_string()),
+        (Value::Number(_), _) if money => false,
+        (Value::Number(n), Mp::Integer(i)) => {
+            n.as_i64().is_some_and(|a| i.as_i64() == Some(a))
+                || n.as_u64().is_some_and(|a| i.as_u64() == Some(a))
+        }
+        // A fraction or an exponent: the exact JSON digits as text.
+        (Value::Number(n), Mp::String(s)) => {
+            n.as_i64().is_none() && n.as_u64().is_none() && s.as_str() == Some(&n.to_string())
+        }
+        (Value::Array(a), Mp::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_value(x, y, false))
+        }
+        (Value::Object(a), Mp::Map(b)) => {
+            a.len() == b.len()
+                && a.iter().all(|(k, x)| {
+                    b.iter()
+                        .find(|(key, _)| key.as_str() == Some(k))
+                        .is_some_and(|(_, y)| same_value(x, y, false))
+                })
+        }
+        _ => false,
+    }
+}
+
+/// The event as a MessagePack connection receives it (with a cursor, and Conduit's positional
+/// form for task events) decodes to the documented JSON values.
+fn msgpack_form_matches(i: usize, name: &str, ev: &OutboundEvent, doc: &Value) {
+    let mut buf = Vec::new();
+    msgpack::push_event(&mut buf, ev, Some("cursor-1"));
+    let (target, args) = invocation(&buf);
+    assert_eq!(target, name);
+    let [rmpv::Value::Map(entries)] = args.as_slice() else {
+        panic!("example {i}: {name}: one object argument")
+    };
+    assert_eq!(
+        entries.last(),
+        Some(&("cursor".into(), "cursor-1".into())),
+        "example {i}: {name}: the cursor comes last"
+    );
+    let object = rmpv::Value::Map(entries[..entries.len() - 1].to_vec());
+    let Value::Object(fields) = doc else {
+        panic!("example {i}: {name} is not an object")
+    };
+    let rmpv::Value::Map(got) = &object else {
+        unreachable!()
+    };
+    assert_eq!(
+        got.len(),
+        fields.len(),
+        "example {i}: {name}: the same fields"
+    );
+    let money = decimal_fields(ev.name);
+    for (k, json) in fields {
+        let mp = got
+            .iter()
+            .find(|(key, _)| key.as_str() == Some(k))
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("example {i}: {name}: {k} missing in MessagePack"));
+        assert!(
+            same_value(json, mp, money.contains(&k.as_str())),
+            "example {i}: {name}.{k}: JSON {json} but MessagePack {mp}"
+        );
+    }
+    if let (Some(method), Some(task)) = (
+        ev.name.task().and_then(|(_, p)| p.conduit_method()),
+        &ev.task,
+    ) {
+        let Some(json_args) = &task.args else { return };
+        let json_args: Value = serde_json::from_str(json_args.get()).unwrap();
+        let mut buf = Vec::new();
+        msgpack::push_positional(&mut buf, method, ev);
+        let (target, args) = invocation(&buf);
+        assert_eq!(target, method.name());
+        assert!(
+            same_value(&json_args, &rmpv::Value::Array(args.clone()), false),
+            "example {i}: {}: JSON {json_args} but MessagePack {args:?}",
+            method.name()
+        );
+    }
+}
+
+/// The money table of "MessagePack form" lists exactly the fields the code carries as text.
+#[test]
+fn the_documented_money_fields_are_the_codes() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
+    let section = doc
+        .split("## MessagePack form")
+        .nth(1)
+        .expect("docs/events.md has a MessagePack form section");
+    let mut listed = 0;
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let names = ticked(cells[1]);
+        let fields = ticked(cells[2]);
+        for name in names {
+            let event = Outbound::parse(&name).unwrap_or_else(|| panic!("{name} is no event"));
+            assert_eq!(decimal_fields(event), fields, "{name}'s money fields");
+            listed += 1;
+        }
+    }
+    assert_eq!(
+        listed, 2,
+        "the money table names SpendUpdate and BudgetAlert"
+    );
 }

@@ -6,7 +6,7 @@ use herald_backplane::{Backplane, Mailbox, MemoryBackplane, Received};
 use herald_domain::budget::{self, SpendObservation, ThresholdState};
 use herald_domain::thresholds::Thresholds;
 use herald_domain::{Audience, BudgetPeriod, EventId, KeyId, OutboundEvent};
-use herald_gateway::protocol;
+use herald_gateway::{msgpack, protocol};
 use rust_decimal::Decimal;
 use std::hint::black_box;
 
@@ -40,7 +40,25 @@ fn protocol_benches(c: &mut Criterion) {
             black_box(n)
         })
     });
+    // MessagePack: the per-connection part (envelope, map header, cursor around the event's
+    // form) and the once-per-node part (the form itself).
+    let event: OutboundEvent = serde_json::from_value(serde_json::json!({
+        "eventId": "r1-42-7", "name": "SpendUpdate", "timestamp": "2026-11-22T10:00:00Z",
+        "payload": serde_json::from_str::<serde_json::Value>(PAYLOAD).unwrap(),
+    }))
+    .unwrap();
     g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_invocation_with_cursor_msgpack", |b| {
+        let mut buf = Vec::with_capacity(512);
+        b.iter(|| {
+            buf.clear();
+            msgpack::push_event(&mut buf, black_box(&event), Some(CURSOR));
+            black_box(buf.len())
+        })
+    });
+    g.bench_function("msgpack_event_form_once_per_node", |b| {
+        b.iter(|| black_box(msgpack::event_form(black_box(&event))))
+    });
     g.bench_function("parse_ping", |b| {
         b.iter(|| black_box(protocol::parse_message(black_box(br#"{"type":6}"#))))
     });
@@ -127,6 +145,7 @@ fn fanout_benches(c: &mut Criterion) {
                         payload: serde_json::value::RawValue::from_string(PAYLOAD.to_owned())
                             .unwrap(),
                         task: None,
+                        binary: Default::default(),
                     }
                 },
                 |ev| {

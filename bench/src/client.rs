@@ -1,5 +1,6 @@
-//! Benchmark clients: SignalR JSON hub protocol (Herald and the floor) and Socket.IO 4 over
-//! Engine.IO 4 WebSocket (the peer). Each connection is one task; every delivery is checked
+//! Benchmark clients: SignalR JSON hub protocol (Herald and the floor), SignalR MessagePack hub
+//! protocol (Herald, `--hub-protocol messagepack`) and Socket.IO 4 over Engine.IO 4 WebSocket
+//! (the peer). Each connection is one task; every delivery is checked
 //! against the connection's key and its event sequence (loss, duplicates, misrouting) and its
 //! send timestamp goes into the latency histogram.
 use crate::error::Error;
@@ -66,6 +67,10 @@ impl Track {
 pub struct Shared {
     pub run: String,
     pub protocol: Protocol,
+    /// SignalR with the MessagePack hub protocol instead of JSON.
+    pub msgpack: bool,
+    /// WebSocket payload bytes received after the handshake.
+    pub bytes_received: AtomicU64,
     pub hist: Mutex<Histogram<u64>>,
     pub deliveries: AtomicU64,
     /// Records that were not benchmark events of this run (pings excluded).
@@ -93,6 +98,8 @@ impl Shared {
         Self {
             run,
             protocol,
+            msgpack: false,
+            bytes_received: AtomicU64::new(0),
             // 1 µs .. 1 h, 3 significant digits: cannot fail.
             hist: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
@@ -166,7 +173,7 @@ pub async fn run_connection(spec: ConnSpec, shared: Arc<Shared>) {
                     .await
                     .map(Open::LongPoll)
             } else {
-                connect(&spec, base, cursor.as_deref(), shared.protocol)
+                connect(&spec, base, cursor.as_deref(), &shared)
                     .await
                     .map(|(ws, rest)| Open::WebSocket(ws, rest))
             }
@@ -214,7 +221,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// A connection that completed its handshake.
 enum Open {
-    WebSocket(Ws, String),
+    WebSocket(Ws, Vec<u8>),
     LongPoll(crate::longpoll::LongPoll),
 }
 
@@ -224,8 +231,9 @@ async fn connect(
     spec: &ConnSpec,
     base: &str,
     cursor: Option<&str>,
-    protocol: Protocol,
-) -> Result<(Ws, String), Error> {
+    shared: &Shared,
+) -> Result<(Ws, Vec<u8>), Error> {
+    let protocol = shared.protocol;
     let host = authority(base)?;
     let mut url = format!("{base}{}", spec.path);
     match protocol {
@@ -283,10 +291,27 @@ async fn connect(
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
     let rest = match protocol {
+        Protocol::SignalR if shared.msgpack => {
+            ws.send(Message::text(codec::handshake("messagepack", 1)))
+                .await?;
+            let first = next_data(&mut ws).await?;
+            let at = first
+                .iter()
+                .position(|&b| b == 0x1e)
+                .ok_or("handshake answer without a record separator")?;
+            if first[..at].trim_ascii() != b"{}" {
+                return Err(format!(
+                    "handshake refused: {}",
+                    String::from_utf8_lossy(&first[..at])
+                )
+                .into());
+            }
+            first[at + 1..].to_vec()
+        }
         Protocol::SignalR => {
             ws.send(Message::text(codec::HANDSHAKE_JSON)).await?;
             let first = next_text(&mut ws).await?;
-            codec::split_handshake(&first)?.to_owned()
+            codec::split_handshake(&first)?.as_bytes().to_vec()
         }
         Protocol::SocketIo => {
             let open = next_text(&mut ws).await?;
@@ -305,10 +330,22 @@ async fn connect(
                 }
                 return Err(format!("socket.io connect refused: {m}").into());
             }
-            String::new()
+            Vec::new()
         }
     };
     Ok((ws, rest))
+}
+
+/// The first text or binary message (MessagePack answers the handshake in a binary frame).
+async fn next_data(ws: &mut Ws) -> Result<Vec<u8>, Error> {
+    loop {
+        match ws.next().await.ok_or("closed during handshake")?? {
+            Message::Text(t) => return Ok(t.as_bytes().to_vec()),
+            Message::Binary(b) => return Ok(b.to_vec()),
+            Message::Close(_) => return Err("closed during handshake".into()),
+            _ => {}
+        }
+    }
 }
 
 async fn next_text(ws: &mut Ws) -> Result<String, Error> {
@@ -322,17 +359,29 @@ async fn next_text(ws: &mut Ws) -> Result<String, Error> {
 }
 
 /// Reads deliveries until the server closes (the process exits at the end of a run).
-async fn session(mut ws: Ws, rest: String, spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
+async fn session(mut ws: Ws, rest: Vec<u8>, spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
     if !rest.is_empty() {
-        records(&rest, spec, shared)?;
+        if shared.msgpack {
+            msgpack_frame(&rest, spec, shared)?;
+        } else {
+            records(&String::from_utf8_lossy(&rest), spec, shared)?;
+        }
     }
+    let ping_msgpack: &[u8] = &[0x02, 0x91, 0x06];
     let mut ping = tokio::time::interval(Duration::from_secs(15));
     ping.tick().await;
     loop {
         tokio::select! {
             m = ws.next() => match m.ok_or("closed")?? {
+                Message::Binary(b) if shared.msgpack => {
+                    shared.bytes_received.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    msgpack_frame(&b, spec, shared)?;
+                }
                 Message::Text(t) => match shared.protocol {
-                    Protocol::SignalR => records(t.as_str(), spec, shared)?,
+                    Protocol::SignalR => {
+                        shared.bytes_received.fetch_add(t.len() as u64, Ordering::Relaxed);
+                        records(t.as_str(), spec, shared)?
+                    }
                     Protocol::SocketIo => match t.as_str() {
                         "2" => ws.send(Message::text("3")).await?,
                         s if s.starts_with("42") => deliver(s, spec, shared),
@@ -344,7 +393,11 @@ async fn session(mut ws: Ws, rest: String, spec: &ConnSpec, shared: &Shared) -> 
                 _ => {}
             },
             _ = ping.tick(), if shared.protocol == Protocol::SignalR => {
-                ws.send(Message::text(codec::PING)).await?;
+                if shared.msgpack {
+                    ws.send(Message::binary(ping_msgpack.to_vec())).await?;
+                } else {
+                    ws.send(Message::text(codec::PING)).await?;
+                }
             }
         }
     }
@@ -364,11 +417,38 @@ pub(crate) fn records(frame: &str, spec: &ConnSpec, shared: &Shared) -> Result<(
     Ok(())
 }
 
+/// Accounts the events of one MessagePack frame; `Err` when the server sent Close.
+fn msgpack_frame(frame: &[u8], spec: &ConnSpec, shared: &Shared) -> Result<(), Error> {
+    crate::msgpack::messages(frame, |fields| match fields {
+        Some((id, request, cursor)) => deliver_fields(id, request, cursor, spec, shared),
+        None => {
+            shared.other_records.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Accounts one delivered JSON record.
+fn deliver(rec: &str, spec: &ConnSpec, shared: &Shared) {
+    deliver_fields(
+        json_string_field(rec, "eventId"),
+        json_string_field(rec, "requestId"),
+        json_string_field(rec, "cursor"),
+        spec,
+        shared,
+    );
+}
+
 /// Accounts one delivered event: `eventId` is `{run}-{key}-{seq}`, `requestId` is
 /// `t{send time in ns since the epoch}`.
-fn deliver(rec: &str, spec: &ConnSpec, shared: &Shared) {
+fn deliver_fields(
+    event_id: Option<&str>,
+    request_id: Option<&str>,
+    cursor: Option<&str>,
+    spec: &ConnSpec,
+    shared: &Shared,
+) {
     let now = now_ns();
-    let parsed = json_string_field(rec, "eventId").and_then(|id| {
+    let parsed = event_id.and_then(|id| {
         let mut parts = id.rsplitn(3, '-');
         let seq: u64 = parts.next()?.parse().ok()?;
         let key: i64 = parts.next()?.parse().ok()?;
@@ -378,7 +458,7 @@ fn deliver(rec: &str, spec: &ConnSpec, shared: &Shared) {
         shared.other_records.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    if let Some(sent) = json_string_field(rec, "requestId")
+    if let Some(sent) = request_id
         .and_then(|r| r.strip_prefix('t'))
         .and_then(|t| t.parse::<u64>().ok())
     {
@@ -398,7 +478,7 @@ fn deliver(rec: &str, spec: &ConnSpec, shared: &Shared) {
     }
     t.see(seq);
     if shared.reconnect
-        && let Some(c) = json_string_field(rec, "cursor")
+        && let Some(c) = cursor
     {
         t.cursor = Some(c.to_owned());
     }

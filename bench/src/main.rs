@@ -10,6 +10,7 @@ mod client;
 mod error;
 mod http;
 mod longpoll;
+mod msgpack;
 mod procfs;
 mod publish;
 
@@ -22,6 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use error::Error;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum HubProtocol {
+    Json,
+    Messagepack,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Target {
@@ -66,6 +73,9 @@ struct Args {
     /// Long polling instead of WebSockets (SignalR targets; always negotiates).
     #[arg(long)]
     long_polling: bool,
+    /// SignalR hub protocol over WebSockets: `json` or `messagepack` (Herald, WebSockets only).
+    #[arg(long, value_enum, default_value = "json")]
+    hub_protocol: HubProtocol,
     /// Connections to open.
     #[arg(long, short = 'n', default_value_t = 100)]
     connections: usize,
@@ -218,13 +228,19 @@ async fn run(args: Args) -> Result<bool, Error> {
     let rss_before = procfs::rss_kib(&pids);
 
     // Connect, paced.
-    let shared = Arc::new(Shared::new(
+    let msgpack = args.hub_protocol == HubProtocol::Messagepack;
+    if msgpack && (args.long_polling || protocol != Protocol::SignalR) {
+        return Err("--hub-protocol messagepack: SignalR over WebSockets only".into());
+    }
+    let mut shared = Shared::new(
         run_id.clone(),
         protocol,
         args.connections,
         args.reconnect,
         args.connect_inflight,
-    ));
+    );
+    shared.msgpack = msgpack;
+    let shared = Arc::new(shared);
     let urls = Arc::new(args.url.clone());
     let reconnect_urls = Arc::new(if args.reconnect_url.is_empty() {
         args.url.clone()
@@ -301,6 +317,7 @@ async fn run(args: Args) -> Result<bool, Error> {
     let cpu_before = procfs::cpu_ticks(&pids);
     let self_cpu_before = procfs::self_cpu_ticks();
     let delivered_before = shared.deliveries.load(Ordering::Relaxed);
+    let bytes_before = shared.bytes_received.load(Ordering::Relaxed);
     let pub_start = Instant::now();
     let pub_start_ns = now_ns();
     let pub_end = pub_start + secs(args.duration);
@@ -491,6 +508,7 @@ async fn run(args: Args) -> Result<bool, Error> {
     let line = serde_json::json!({
         "label": args.label,
         "target": format!("{:?}", args.target).to_lowercase(),
+        "hub_protocol": format!("{:?}", args.hub_protocol).to_lowercase(),
         "source": format!("{:?}", args.source).to_lowercase(),
         "connections": args.connections,
         "keys": args.keys,
@@ -510,6 +528,11 @@ async fn run(args: Args) -> Result<bool, Error> {
         "duplicates": duplicates,
         "misrouted": misrouted,
         "other_records": shared.other_records.load(Ordering::Relaxed),
+        // WebSocket payload bytes received while publishing (events, pings; not the handshake).
+        "bytes_per_delivery": round1(
+            (shared.bytes_received.load(Ordering::Relaxed) - bytes_before) as f64
+                / delivered.max(1) as f64
+        ),
         "latency_ms": {
             "p50": ms(hist.value_at_quantile(0.5)),
             "p99": ms(hist.value_at_quantile(0.99)),

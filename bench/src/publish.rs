@@ -187,6 +187,7 @@ impl Publisher {
                     traceparent: None,
                     payload,
                     task: None,
+                    binary: Default::default(),
                 };
                 bp.publish(&[Audience::Key(key)], &ev).await?;
                 Ok(())

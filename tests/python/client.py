@@ -34,14 +34,15 @@ def run_signalrcore(args):
         if len(events) >= args.count:
             enough.set()
 
-    hub = (
-        HubConnectionBuilder()
-        .with_url(
-            f"{args.url}{args.hub}",
-            options={"access_token_factory": lambda: args.key, "transport": transports[args.transport]},
-        )
-        .build()
+    builder = HubConnectionBuilder().with_url(
+        f"{args.url}{args.hub}",
+        options={"access_token_factory": lambda: args.key, "transport": transports[args.transport]},
     )
+    if args.protocol == "messagepack":
+        from signalrcore.protocol.messagepack_protocol import MessagePackHubProtocol
+
+        builder = builder.with_hub_protocol(MessagePackHubProtocol())
+    hub = builder.build()
     hub.on_open(opened.set)
     hub.on("SpendUpdate", on_spend)
     hub.start()
@@ -116,6 +117,7 @@ def main():
     p.add_argument("--hub", default="/hubs/spend")
     p.add_argument("--key", required=True)
     p.add_argument("--transport", default="WebSockets")
+    p.add_argument("--protocol", choices=["json", "messagepack"], default="json", help="hub protocol (signalrcore)")
     p.add_argument("--count", type=int, default=3)
     p.add_argument("--deadline", type=float, default=45.0)
     args = p.parse_args()

@@ -199,6 +199,7 @@ mod tests {
             traceparent: None,
             payload: serde_json::value::to_raw_value(&serde_json::json!({"n": n})).unwrap(),
             task: None,
+            binary: Default::default(),
         };
         Delivery {
             audience: Audience::Global,

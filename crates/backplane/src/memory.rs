@@ -182,6 +182,7 @@ mod tests {
             traceparent: None,
             payload: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
             task: None,
+            binary: Default::default(),
         }
     }
 

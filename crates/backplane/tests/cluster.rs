@@ -85,6 +85,7 @@ fn event(id: &str) -> OutboundEvent {
         ))
         .unwrap(),
         task: None,
+        binary: Default::default(),
     }
 }
 

@@ -43,6 +43,7 @@ fn event(id: &str) -> OutboundEvent {
         ))
         .unwrap(),
         task: None,
+        binary: Default::default(),
     }
 }
 

@@ -31,6 +31,41 @@ pub struct OutboundEvent {
     /// so no connection parses the payload again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<ConduitTask>,
+    /// The event's binary wire form (the gateway's MessagePack encoding of `payload` and of
+    /// the task's positional arguments), made lazily the first time a connection of this node
+    /// needs it and shared by all of them; never serialized.
+    #[serde(skip)]
+    pub binary: std::sync::OnceLock<BinaryForm>,
+}
+
+/// A binary encoding of an event's client-facing parts, as one gateway node renders it once.
+/// The domain only keeps it; what the bytes mean is the gateway's business.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BinaryForm {
+    /// The encoded entries of the payload object (without a map header), or the whole
+    /// encoded value when the payload is not an object.
+    pub payload: Vec<u8>,
+    /// The number of entries in `payload` when the payload is an object.
+    pub payload_fields: Option<u32>,
+    /// The encoded positional arguments (an array) of a task event's Conduit method.
+    pub args: Option<Vec<u8>>,
+}
+
+/// The top-level fields of `name`'s client object that are money (a `Decimal` in the code):
+/// the fields whose digits `docs/events.md` ("Money and numbers") promises to keep. Encodings
+/// that have no exact decimal number (MessagePack) carry these as text, whatever their value.
+pub fn decimal_fields(name: Outbound) -> &'static [&'static str] {
+    match name {
+        Outbound::SpendUpdate => &[
+            "newSpend",
+            "totalSpend",
+            "budget",
+            "budgetRemaining",
+            "budgetPercentage",
+        ],
+        Outbound::BudgetAlert => &["percentage", "currentSpend", "budget", "remaining"],
+        _ => &[],
+    }
 }
 
 /// A task event as Conduit's positional methods carry it: `TaskProgress(taskId, progress,
@@ -98,6 +133,7 @@ impl OutboundEvent {
             traceparent,
             payload,
             task: None,
+            binary: std::sync::OnceLock::new(),
         }
     }
 
@@ -341,6 +377,18 @@ mod tests {
         let back: OutboundEvent =
             serde_json::from_str(&serde_json::to_string(&out).unwrap()).unwrap();
         assert_eq!(back.payload.get(), out.payload.get());
+        // The money fields named for other encodings are exactly the payload's numbers other
+        // than the key id.
+        let payload: Map<String, Value> = serde_json::from_str(out.payload.get()).unwrap();
+        let mut numbers: Vec<&str> = payload
+            .iter()
+            .filter(|(k, v)| v.is_number() && *k != "virtualKeyId")
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut money = decimal_fields(Outbound::SpendUpdate).to_vec();
+        numbers.sort_unstable();
+        money.sort_unstable();
+        assert_eq!(numbers, money);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod auth;
 mod caps;
 pub mod cursor;
 pub mod hubs;
+pub mod msgpack;
 mod node;
 mod origins;
 pub mod protocol;

@@ -44,28 +44,64 @@ struct HandshakeRequest {
 
 /// The newest JSON hub protocol version understood, as in ASP.NET Core 8.
 pub const JSON_PROTOCOL_VERSION: u32 = 2;
+/// The newest MessagePack hub protocol version understood, as in ASP.NET Core 8.
+pub const MSGPACK_PROTOCOL_VERSION: u32 = 2;
+
+/// The hub protocol a connection chose at its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Text records ending in 0x1e.
+    Json,
+    /// Binary messages, each with a VarInt length prefix (`crate::msgpack`).
+    MessagePack,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Json => "json",
+            Protocol::MessagePack => "messagepack",
+        }
+    }
+}
 
 /// Checks a handshake request record. `Err` carries the text of the handshake error response.
-pub fn parse_handshake(record: &[u8]) -> Result<(), String> {
+pub fn parse_handshake(record: &[u8]) -> Result<Protocol, String> {
     let req: HandshakeRequest = serde_json::from_slice(record).map_err(|_| {
         "Handshake request is not valid JSON of the form {\"protocol\":\"json\",\"version\":1}."
             .to_owned()
     })?;
-    if !req.protocol.eq_ignore_ascii_case("json") {
+    let (protocol, newest) = if req.protocol.eq_ignore_ascii_case("json") {
+        (Protocol::Json, JSON_PROTOCOL_VERSION)
+    } else if req.protocol.eq_ignore_ascii_case("messagepack") {
+        (Protocol::MessagePack, MSGPACK_PROTOCOL_VERSION)
+    } else {
         return Err(format!(
-            "The protocol '{}' is not supported; this server speaks 'json'.",
+            "The protocol '{}' is not supported; this server speaks 'json' and 'messagepack'.",
             prefix(&req.protocol)
         ));
-    }
-    // As ASP.NET Core's JSON protocol: every version up to its own (2) is accepted; versions 0
-    // and 1 (older clients, e.g. Python's signalrcore asks for 0) and 2 carry the same records.
-    if req.version > JSON_PROTOCOL_VERSION {
+    };
+    // As ASP.NET Core: every version up to its own (2) is accepted; versions 0 and 1 (older
+    // clients, e.g. Python's signalrcore asks for 0) and 2 carry the same messages here.
+    if req.version > newest {
         return Err(format!(
-            "The server does not support version {} of the 'json' protocol.",
-            req.version
+            "The server does not support version {} of the '{}' protocol.",
+            req.version,
+            protocol.name()
         ));
     }
-    Ok(())
+    Ok(protocol)
+}
+
+/// The handshake error for a binary protocol on a text-only transport: ASP.NET Core's text,
+/// and what it means here.
+pub fn binary_on_text_transport(protocol: Protocol) -> String {
+    format!(
+        "Cannot use the '{}' protocol on the current transport. The transport does not support \
+         'Binary' transfer format: MessagePack cannot be carried over Server-Sent Events; use \
+         WebSockets or long polling, or the 'json' protocol.",
+        protocol.name()
+    )
 }
 
 /// A message from the client, as far as the server cares.
@@ -223,19 +259,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn handshake_accepts_json_v1_only() {
+    fn handshake_accepts_json_and_messagepack_up_to_version_2() {
         assert_eq!(
             parse_handshake(br#"{"protocol":"json","version":1}"#),
-            Ok(())
+            Ok(Protocol::Json)
+        );
+        assert_eq!(
+            parse_handshake(br#"{"protocol":"messagepack","version":1}"#),
+            Ok(Protocol::MessagePack)
         );
         assert!(
-            parse_handshake(br#"{"protocol":"messagepack","version":1}"#)
+            parse_handshake(br#"{"protocol":"messagepack","version":3}"#)
                 .unwrap_err()
-                .contains("messagepack")
+                .contains("version 3 of the 'messagepack'")
+        );
+        assert!(
+            parse_handshake(br#"{"protocol":"xml","version":1}"#)
+                .unwrap_err()
+                .contains("'xml' is not supported")
         );
         for v in 0..=2 {
             let req = format!(r#"{{"protocol":"json","version":{v}}}"#);
-            assert_eq!(parse_handshake(req.as_bytes()), Ok(()), "version {v}");
+            assert_eq!(
+                parse_handshake(req.as_bytes()),
+                Ok(Protocol::Json),
+                "version {v}"
+            );
         }
         assert!(
             parse_handshake(br#"{"protocol":"json","version":3}"#)

@@ -1,7 +1,8 @@
 //! What a session reads client messages from and writes records to: a WebSocket, or the pair of
 //! queues behind Server-Sent Events and long polling (POST bodies in; records out to the event
 //! stream or the next poll). The session is the same for all three transports.
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket};
 use futures_channel::mpsc;
 use futures_util::{Sink, Stream};
 use std::pin::Pin;
@@ -19,9 +20,11 @@ pub(crate) enum Wire {
 pub(crate) struct RelayWire {
     /// Bodies of the client's POSTs; ends when the client is gone (DELETE, stream closed).
     pub(crate) inbound: mpsc::Receiver<Vec<u8>>,
-    /// Records for the client, bounded: a client that stops polling stops the session's
-    /// writes, and the write deadline closes it.
-    pub(crate) outbound: mpsc::Sender<Utf8Bytes>,
+    /// Records for the client (JSON text, or MessagePack over long polling), bounded: a
+    /// client that stops polling stops the session's writes, and the write deadline closes it.
+    pub(crate) outbound: mpsc::Sender<Bytes>,
+    /// Server-Sent Events: the transport carries text only (no MessagePack).
+    pub(crate) text_only: bool,
     /// The session closed its side: nothing more is read.
     pub(crate) closed: bool,
 }
@@ -31,6 +34,13 @@ fn gone() -> axum::Error {
         std::io::ErrorKind::BrokenPipe,
         "client gone",
     ))
+}
+
+impl Wire {
+    /// Whether the transport carries only text (Server-Sent Events), not binary messages.
+    pub(crate) fn text_only(&self) -> bool {
+        matches!(self, Wire::Relay(r) if r.text_only)
+    }
 }
 
 impl Stream for Wire {
@@ -62,14 +72,16 @@ impl Sink<Message> for Wire {
         match self.get_mut() {
             Wire::WebSocket(ws) => Pin::new(ws).start_send(item),
             Wire::Relay(r) => match item {
-                Message::Text(text) => r.outbound.start_send(text).map_err(|_| gone()),
+                Message::Text(_) | Message::Binary(_) => {
+                    r.outbound.start_send(item.into_data()).map_err(|_| gone())
+                }
                 // The end of the connection: the event stream ends, the next poll gets 204.
                 Message::Close(_) => {
                     r.closed = true;
                     r.outbound.close_channel();
                     Ok(())
                 }
-                // The session writes only text records; pings are SignalR records.
+                // Pings are SignalR records; WebSocket control frames mean nothing here.
                 _ => Ok(()),
             },
         }

@@ -82,6 +82,7 @@ impl Env {
             traceparent: None,
             payload: serde_json::value::RawValue::from_string(payload.to_owned()).unwrap(),
             task: None,
+            binary: Default::default(),
         };
         ev.fill_in_task();
         self.backplane
@@ -525,10 +526,9 @@ async fn handshake_timeout_and_bad_protocol_close_with_an_error() {
     c.expect_closed().await;
 
     let mut c = try_connect(addr, &path, &[]).await.unwrap();
-    c.send("{\"protocol\":\"messagepack\",\"version\":1}\u{1e}")
-        .await;
+    c.send("{\"protocol\":\"xml\",\"version\":1}\u{1e}").await;
     let v = c.next_json().await;
-    assert!(v["error"].as_str().unwrap().contains("messagepack"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("'xml'"), "{v}");
     c.expect_closed().await;
 
     let mut c = try_connect(addr, &path, &[]).await.unwrap();
@@ -764,6 +764,7 @@ async fn reconnecting_with_a_cursor_replays_the_missed_events_once_then_goes_liv
                     ))
                     .unwrap(),
                     task: None,
+                    binary: Default::default(),
                 };
                 bp.publish(&[Audience::Key(key)], &ev).await.unwrap();
                 tokio::task::yield_now().await;
@@ -905,6 +906,7 @@ async fn a_cursor_names_every_audience_even_one_nothing_came_from_yet() {
         traceparent: None,
         payload: serde_json::value::RawValue::from_string(r#"{"eventId":"g-1"}"#.into()).unwrap(),
         task: None,
+        binary: Default::default(),
     };
     env.backplane
         .publish(&[Audience::Global, Audience::Admin], &global)
@@ -1042,4 +1044,155 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_deadline() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(herald_telemetry::metrics().write_timeouts.get() > before);
+}
+
+/// The MessagePack messages of a binary frame, decoded.
+fn msgpack_messages(frame: &[u8]) -> Vec<Vec<rmpv::Value>> {
+    let mut rest = frame;
+    let mut out = Vec::new();
+    while let Some((m, tail)) = herald_gateway::msgpack::take_message(rest, usize::MAX).unwrap() {
+        let mut rd = m;
+        match rmpv::decode::read_value(&mut rd).unwrap() {
+            rmpv::Value::Array(items) => out.push(items),
+            other => panic!("not an array: {other}"),
+        }
+        rest = tail;
+    }
+    assert!(rest.is_empty(), "whole messages per frame");
+    out
+}
+
+fn msgpack(value: rmpv::Value) -> Vec<u8> {
+    let mut body = Vec::new();
+    rmpv::encode::write_value(&mut body, &value).unwrap();
+    let mut out = vec![u8::try_from(body.len()).unwrap()];
+    assert!(body.len() < 128);
+    out.extend(body);
+    out
+}
+
+/// The next non-Ping MessagePack message.
+async fn next_msgpack(c: &mut Client) -> Option<Vec<rmpv::Value>> {
+    loop {
+        let frame = c.0.next_binary(WAIT).await.expect("no frame within 5 s")?;
+        let msgs: Vec<_> = msgpack_messages(&frame)
+            .into_iter()
+            .filter(|m| m[0] != rmpv::Value::from(6))
+            .collect();
+        if let Some(m) = msgs.into_iter().next() {
+            return Some(m);
+        }
+    }
+}
+
+#[tokio::test]
+async fn messagepack_connections_get_binary_events_results_and_clean_refusals() {
+    use rmpv::Value as Mp;
+    let env = Env::new().await;
+    let (addr, _gw) = env.node(config()).await;
+    let path = format!("/hubs/spend?access_token={KEY_A}");
+    let mut c = try_connect(addr, &path, &[]).await.unwrap();
+    c.send("{\"protocol\":\"messagepack\",\"version\":1}\u{1e}")
+        .await;
+    // The handshake answer is JSON text, in a binary frame.
+    let first = c.0.next_binary(WAIT).await.unwrap().unwrap();
+    assert_eq!(first, b"{}\x1e");
+
+    env.publish(1, "mp-1").await;
+    let m = next_msgpack(&mut c).await.unwrap();
+    assert_eq!(
+        &m[..4],
+        &[
+            Mp::from(1),
+            Mp::Map(vec![]),
+            Mp::Nil,
+            Mp::from("SpendUpdate")
+        ]
+    );
+    let Mp::Array(args) = &m[4] else {
+        panic!("{m:?}")
+    };
+    let Mp::Map(fields) = &args[0] else {
+        panic!("{m:?}")
+    };
+    let field = |k: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key.as_str() == Some(k))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(field("eventId"), Some(Mp::from("mp-1")));
+    assert_eq!(field("totalSpend"), Some(Mp::from("12.50")));
+    assert_eq!(field("newSpend"), Some(Mp::from("0.000123")));
+    assert_eq!(field("virtualKeyId"), Some(Mp::from(1)));
+    let cursor = field("cursor").unwrap().as_str().unwrap().to_owned();
+    assert!(Cursor::decode(&cursor).is_ok());
+
+    // A method's result, a method's error (the cursor is the same string JSON would carry).
+    let call = |id: &str, target: &str, args: Vec<Mp>| {
+        msgpack(Mp::Array(vec![
+            Mp::from(1),
+            Mp::Map(vec![]),
+            Mp::from(id),
+            Mp::from(target),
+            Mp::Array(args),
+        ]))
+    };
+    c.0.send_binary(call("1", "Resume", vec![Mp::from(cursor.as_str())]))
+        .await
+        .unwrap();
+    let m = next_msgpack(&mut c).await.unwrap();
+    assert_eq!(
+        m,
+        vec![
+            Mp::from(3),
+            Mp::Map(vec![]),
+            Mp::from("1"),
+            Mp::from(3),
+            Mp::Map(vec![(Mp::from("replayed"), Mp::from(0))])
+        ]
+    );
+    c.0.send_binary(call("2", "Nope", vec![])).await.unwrap();
+    let m = next_msgpack(&mut c).await.unwrap();
+    assert_eq!(
+        m,
+        vec![
+            Mp::from(3),
+            Mp::Map(vec![]),
+            Mp::from("2"),
+            Mp::from(1),
+            Mp::from("Unknown hub method 'Nope'")
+        ]
+    );
+    // A client Ping is fine; the connection still delivers.
+    c.0.send_binary(msgpack(Mp::Array(vec![Mp::from(6)])))
+        .await
+        .unwrap();
+    env.publish(1, "mp-2").await;
+    let m = next_msgpack(&mut c).await.unwrap();
+    assert_eq!(m[3], Mp::from("SpendUpdate"));
+
+    // Bytes that are no MessagePack: Close without reconnect, then the socket ends.
+    c.0.send_binary(vec![0x02, 0xc1, 0x00]).await.unwrap();
+    let m = next_msgpack(&mut c).await.unwrap();
+    assert_eq!(m[0], Mp::from(7));
+    assert!(
+        m[1].as_str().unwrap().starts_with("Invalid message"),
+        "{m:?}"
+    );
+    assert_eq!(m[2], Mp::from(false));
+    assert!(c.0.next_binary(WAIT).await.unwrap().is_none());
+
+    // A declared length over the message limit is refused before anything is read.
+    let mut c = try_connect(addr, &path, &[]).await.unwrap();
+    c.send("{\"protocol\":\"messagepack\",\"version\":1}\u{1e}")
+        .await;
+    assert_eq!(c.0.next_binary(WAIT).await.unwrap().unwrap(), b"{}\x1e");
+    c.0.send_binary(vec![0xff, 0xff, 0x7f, 0x91]).await.unwrap();
+    let m = next_msgpack(&mut c).await.unwrap();
+    assert_eq!(m[0], Mp::from(7));
+    assert_eq!(
+        m[1],
+        Mp::from("Message exceeds the maximum size of 32768 bytes.")
+    );
 }

@@ -83,6 +83,27 @@ impl Client {
         self.ws.send(Message::text(text)).await
     }
 
+    /// Sends `bytes` as one binary frame (MessagePack messages).
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<(), tungstenite::Error> {
+        self.ws.send(Message::binary(bytes)).await
+    }
+
+    /// The next binary frame as it is, for a MessagePack connection (text frames and control
+    /// frames are skipped); `Ok(None)` once the connection is closed.
+    pub async fn next_binary(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, TimedOut> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| TimedOut)?;
+            match msg {
+                Some(Ok(Message::Binary(b))) => return Ok(Some(b.to_vec())),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(None),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// The next record; `Ok(None)` once the connection is closed.
     pub async fn next_record(&mut self, wait: Duration) -> Result<Option<String>, TimedOut> {
         let deadline = tokio::time::Instant::now() + wait;

@@ -1,7 +1,6 @@
 //! From the mailbox to the socket: which events this connection forwards (its audiences, the
 //! hub's table, its filters), each once by position, batched into frames.
-use super::{FRAME_TARGET, Session, Step, expiry_instant};
-use crate::protocol;
+use super::{FRAME_TARGET, Frame, Session, Step, expiry_instant};
 use herald_backplane::{Delivery, Received};
 use herald_domain::Audience;
 use herald_domain::vocabulary::TaskFamily;
@@ -13,7 +12,7 @@ impl Session {
     /// for its phase; generic `Task*` events only positionally. `false` when nothing is
     /// written (another task than the ones subscribed, or a phase without a method). Reads the
     /// task facts the pipeline rendered once ([`herald_domain::outbound::ConduitTask`]).
-    pub(super) fn render_conduit_task(&self, d: &Delivery, cursor: &str, buf: &mut String) -> bool {
+    pub(super) fn render_conduit_task(&self, d: &Delivery, cursor: &str, buf: &mut Frame) -> bool {
         let Some(task) = &d.event.task else {
             return false;
         };
@@ -28,16 +27,11 @@ impl Session {
         };
         let mut wrote = false;
         if family != TaskFamily::Generic {
-            protocol::push_invocation(
-                buf,
-                d.event.name.name(),
-                d.event.payload.get(),
-                Some(cursor),
-            );
+            buf.push_event(&d.event, Some(cursor));
             wrote = true;
         }
-        if let (Some(method), Some(args)) = (phase.conduit_method(), &task.args) {
-            protocol::push_positional_raw(buf, method.name(), args.get());
+        if let (Some(method), Some(_)) = (phase.conduit_method(), &task.args) {
+            buf.push_positional(method, &d.event);
             wrote = true;
         }
         wrote
@@ -50,7 +44,7 @@ impl Session {
     /// Appends the record for `d` to `buf` unless the connection already has it or the hub does
     /// not forward it; either way its position counts as delivered. Returns whether a record
     /// was written.
-    pub(super) fn render(&mut self, d: &Delivery, buf: &mut String) -> bool {
+    pub(super) fn render(&mut self, d: &Delivery, buf: &mut Frame) -> bool {
         // Defence in depth for "never another key's events": only our own audiences.
         if !self.listens_to(d.audience) {
             return false;
@@ -68,7 +62,7 @@ impl Session {
 
     /// Appends the record for `d` (already known to be undelivered) to `buf` if the hub and the
     /// connection's filters forward it.
-    pub(super) fn write(&mut self, d: &Delivery, buf: &mut String) -> bool {
+    pub(super) fn write(&mut self, d: &Delivery, buf: &mut Frame) -> bool {
         if let Some((own, _)) = &self.own_key
             && d.audience == Audience::Key(*own)
             && d.event.name.is_key_change()
@@ -88,12 +82,7 @@ impl Session {
         let wrote = if self.hub.conduit_tasks {
             self.render_conduit_task(d, &cursor, buf)
         } else {
-            protocol::push_invocation(
-                buf,
-                d.event.name.name(),
-                d.event.payload.get(),
-                Some(&cursor),
-            );
+            buf.push_event(&d.event, Some(&cursor));
             true
         };
         if wrote {
@@ -127,8 +116,8 @@ impl Session {
     /// The frame for `first` and everything already queued behind it (up to about
     /// `FRAME_TARGET`); `None` when the mailbox overflowed. Not async: the loop's future,
     /// held by every idle connection, holds none of this.
-    pub(super) fn batch(&mut self, first: &Delivery) -> Option<String> {
-        let mut buf = String::new();
+    pub(super) fn batch(&mut self, first: &Delivery) -> Option<Frame> {
+        let mut buf = Frame::new(self.proto);
         self.render(first, &mut buf);
         while buf.len() < FRAME_TARGET {
             match self.receiver.try_recv() {

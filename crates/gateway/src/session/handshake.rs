@@ -1,6 +1,6 @@
 //! The SignalR handshake: the first record, within the handshake timeout, or a clean refusal.
-use super::{CLOSE_GRACE, Session, Step, Stop, later, stopping};
-use crate::protocol;
+use super::{CLOSE_GRACE, Session, Step, Stop, later, out, stopping};
+use crate::protocol::{self, Protocol};
 use axum::extract::ws::Message;
 use tokio::time::Instant;
 
@@ -14,7 +14,14 @@ impl Session {
                 let result = protocol::parse_handshake(record);
                 self.inbuf = rest.to_vec();
                 return match result {
-                    Ok(()) => self.send(protocol::HANDSHAKE_OK.to_owned()).await,
+                    Ok(Protocol::MessagePack) if self.ws.text_only() => {
+                        let e = protocol::binary_on_text_transport(Protocol::MessagePack);
+                        self.refuse_handshake(&e).await
+                    }
+                    Ok(p) => {
+                        self.proto = p;
+                        self.send(out::handshake_ok(p)).await
+                    }
                     Err(e) => self.refuse_handshake(&e).await,
                 };
             }
@@ -47,8 +54,11 @@ impl Session {
 
     pub(super) async fn refuse_handshake(&mut self, error: &str) -> Step {
         tracing::debug!(connection = %self.connection_id, error, "handshake refused");
-        let _ =
-            tokio::time::timeout(CLOSE_GRACE, self.send(protocol::handshake_error(error))).await;
+        let _ = tokio::time::timeout(
+            CLOSE_GRACE,
+            self.send(out::Frame::Text(protocol::handshake_error(error))),
+        )
+        .await;
         self.close_socket().await;
         Err(Stop)
     }

@@ -1,9 +1,8 @@
 //! Hub methods the client calls: `Resume`, `SubscribeToTask`, `UnsubscribeFromTask`,
 //! `SubscribeToVirtualKey`, `UnsubscribeFromVirtualKey` (docs/protocol.md).
-use super::{Filters, ReplayError, Session, Step, Stop};
+use super::{Filters, ReplayError, Session, Step, Stop, out};
 use crate::cursor::Cursor;
 use crate::hubs::HubMethod;
-use crate::protocol;
 use herald_domain::invalid::prefix;
 use serde_json::Value;
 
@@ -67,8 +66,8 @@ impl Session {
             return Ok(());
         };
         let record = match outcome {
-            Ok(result) => protocol::completion_result(&id, &result),
-            Err(error) => protocol::completion_error(&id, &error),
+            Ok(result) => out::completion_result(self.proto, &id, &result),
+            Err(error) => out::completion_error(self.proto, &id, &error),
         };
         self.send(record).await
     }

@@ -7,6 +7,7 @@
 mod delivery;
 mod handshake;
 mod methods;
+mod out;
 mod replay;
 
 use crate::auth::Principal;
@@ -14,7 +15,7 @@ use crate::caps::Slot;
 use crate::cursor::Cursor;
 use crate::hubs::Hub;
 use crate::node::NodeState;
-use crate::protocol::{self, ClientMessage};
+use crate::protocol::{ClientMessage, Protocol};
 use crate::wire::Wire;
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -22,6 +23,7 @@ use herald_backplane::{MailboxReceiver, Subscription};
 use herald_domain::{KeyHash, KeyId};
 use herald_telemetry::metrics;
 use herald_telemetry::metrics::{Counter, Gauge};
+use out::Frame;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -75,6 +77,8 @@ impl From<Stop> for ReplayError {
 pub(super) struct Session {
     ws: Wire,
     gw: Arc<NodeState>,
+    /// The hub protocol chosen at the handshake (JSON until then).
+    proto: Protocol,
     hub: &'static Hub,
     connection_id: String,
     /// Last position delivered (or skipped as already seen) per audience. Starts at the floors,
@@ -188,6 +192,7 @@ pub(crate) fn run(ws: Wire, gw: Arc<NodeState>, setup: Setup) -> impl Future<Out
     };
     let mut s = Session {
         ws,
+        proto: Protocol::Json,
         hub: setup.hub,
         connection_id: setup.connection_id,
         delivered: setup.floors.clone(),
@@ -328,7 +333,7 @@ impl Session {
                 .await;
         }
         if now >= later(self.last_sent, self.gw.config.keepalive_interval) {
-            self.send(protocol::PING.to_owned()).await?;
+            self.send(out::ping(self.proto)).await?;
         }
         Ok(())
     }
@@ -359,7 +364,8 @@ impl Session {
         }
     }
 
-    /// Handles the records in `data` (plus any incomplete record carried over).
+    /// Handles the records (JSON) or messages (MessagePack) in `data`, plus any incomplete one
+    /// carried over.
     pub(super) async fn on_data(&mut self, data: &[u8]) -> Step {
         let max = self.gw.config.max_message_bytes;
         if data.len() > max || self.inbuf.len() + data.len() > max {
@@ -374,9 +380,14 @@ impl Session {
             carried = std::mem::take(&mut self.inbuf);
             &carried[..]
         };
-        while let Some((record, tail)) = protocol::take_record(rest) {
+        loop {
+            let (record, tail) = match out::take_message(self.proto, rest, max) {
+                Ok(Some(split)) => split,
+                Ok(None) => break,
+                Err(e) => return self.close(Some(&e), false).await,
+            };
             rest = tail;
-            if !record.iter().all(u8::is_ascii_whitespace) {
+            if !out::is_blank(self.proto, record) {
                 // Boxed: clients send little (pings, a few invocations), and a record's handling
                 // (parsing, a hub method) is larger than the rest of the idle loop.
                 Box::pin(self.on_record(record)).await?;
@@ -389,7 +400,7 @@ impl Session {
     }
 
     pub(super) async fn on_record(&mut self, record: &[u8]) -> Step {
-        match protocol::parse_message(record) {
+        match out::parse_message(self.proto, record) {
             Err(e) => self.close(Some(&e), false).await,
             Ok(ClientMessage::Invocation {
                 invocation_id,
@@ -405,7 +416,8 @@ impl Session {
                         "Streaming is not supported (method '{}').",
                         herald_domain::invalid::prefix(&target)
                     );
-                    self.send(protocol::completion_error(&id, &error)).await
+                    self.send(out::completion_error(self.proto, &id, &error))
+                        .await
                 }
                 None => Ok(()),
             },
@@ -422,11 +434,11 @@ impl Session {
     /// the sink's future in its own. A write that cannot finish within the client timeout
     /// (a client that stopped reading or polling) ends the session: nothing else of it can run
     /// while a write is pending.
-    pub(super) fn send(&mut self, text: String) -> impl Future<Output = Step> + Send + '_ {
+    pub(super) fn send(&mut self, frame: Frame) -> impl Future<Output = Step> + Send + '_ {
         let last_sent = &mut self.last_sent;
         let connection = &self.connection_id;
         let deadline = self.gw.config.client_timeout;
-        let write = SinkExt::send(&mut self.ws, Message::Text(text.into()));
+        let write = SinkExt::send(&mut self.ws, frame.into_message());
         tokio::time::timeout(deadline, write).map(move |r| match r {
             Ok(Ok(())) => {
                 *last_sent = Instant::now();
@@ -452,7 +464,7 @@ impl Session {
 
     pub(super) async fn close_now(&mut self, error: Option<&str>, allow_reconnect: bool) -> Step {
         tracing::debug!(connection = %self.connection_id, error, allow_reconnect, "closing");
-        let record = protocol::close(error, allow_reconnect);
+        let record = out::close(self.proto, error, allow_reconnect);
         let _ = tokio::time::timeout(CLOSE_GRACE, self.send(record)).await;
         self.close_socket().await;
         Err(Stop)

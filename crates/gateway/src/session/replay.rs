@@ -1,8 +1,7 @@
 //! Resume from history: `?cursor=` at connect and `Resume(cursor)` later, each event once, in
 //! stream order, with `ResumeGap` where history no longer reaches back.
-use super::{Boxed, FRAME_TARGET, ReplayError, Session};
+use super::{Boxed, FRAME_TARGET, Frame, ReplayError, Session};
 use crate::cursor::Cursor;
-use crate::protocol;
 use herald_backplane::Position;
 use herald_domain::Audience;
 use herald_telemetry::metrics;
@@ -73,7 +72,7 @@ impl Session {
                 .history(audience, Some(after), page)
                 .await
                 .map_err(ReplayError::Unavailable)?;
-            let mut buf = String::new();
+            let mut buf = Frame::new(self.proto);
             if first {
                 self.note_resume(audience, history.gap, &mut buf);
             }
@@ -92,7 +91,7 @@ impl Session {
                     sent += 1;
                 }
                 if buf.len() >= FRAME_TARGET {
-                    self.send(std::mem::take(&mut buf)).await?;
+                    self.send(buf.take()).await?;
                 }
             }
             if !buf.is_empty() {
@@ -108,13 +107,13 @@ impl Session {
 
     /// Counts a resume and, when history no longer reaches back to the cursor, puts a
     /// `ResumeGap` record in `buf`.
-    pub(super) fn note_resume(&mut self, audience: Audience, gap: bool, buf: &mut String) {
+    pub(super) fn note_resume(&mut self, audience: Audience, gap: bool, buf: &mut Frame) {
         let outcome = if gap { "gap" } else { "replayed" };
         metrics().resumes.with(outcome).inc();
         if gap {
             let payload = format!("{{\"audience\":\"{audience}\"}}");
             let cursor = self.delivered.encode();
-            protocol::push_invocation(buf, "ResumeGap", &payload, Some(&cursor));
+            buf.push_object("ResumeGap", &payload, Some(&cursor));
         }
     }
 }

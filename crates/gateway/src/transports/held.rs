@@ -1,7 +1,6 @@
 //! A Server-Sent Events or long-polling connection on the node that holds its session: the
 //! queues between the session and the HTTP requests, and this node's registry of them.
 use axum::body::Bytes;
-use axum::extract::ws::Utf8Bytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_channel::mpsc;
@@ -68,7 +67,7 @@ pub(crate) struct Held {
     /// Client messages to the session; `None` once the client said DELETE or is gone.
     pub(super) inbound: tokio::sync::Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     /// The session's records, taken by the event stream or by polls.
-    pub(super) outbound: Arc<tokio::sync::Mutex<mpsc::Receiver<Utf8Bytes>>>,
+    pub(super) outbound: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
     /// A poll's records that could not be handed to the relaying node: sent first next time.
     pub(super) unsent: Mutex<Option<Bytes>>,
     /// Counts polls: a newer poll ends the one waiting (204), as the transport defines.
@@ -82,7 +81,7 @@ impl Held {
     pub(crate) fn new(
         kind: Kind,
         inbound: mpsc::Sender<Vec<u8>>,
-        outbound: mpsc::Receiver<Utf8Bytes>,
+        outbound: mpsc::Receiver<Bytes>,
     ) -> Arc<Self> {
         Arc::new(Self {
             kind,

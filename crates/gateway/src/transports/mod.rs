@@ -141,6 +141,7 @@ where
     let wire = Wire::Relay(RelayWire {
         inbound: in_rx,
         outbound: out_tx,
+        text_only: kind == Kind::ServerSentEvents,
         closed: false,
     });
     let session = session::run(wire, gw.clone(), setup);

@@ -86,7 +86,7 @@ impl Held {
                 () = &mut superseded => return ended,
             };
             match first {
-                Some(t) => body.extend_from_slice(t.as_bytes()),
+                Some(t) => body.extend_from_slice(&t),
                 None => {
                     drop(out);
                     gw.held.remove(id, self);
@@ -97,7 +97,7 @@ impl Held {
         // Whatever else is already waiting goes in the same answer.
         while body.len() < POLL_BODY_TARGET {
             match out.next().now_or_never() {
-                Some(Some(t)) => body.extend_from_slice(t.as_bytes()),
+                Some(Some(t)) => body.extend_from_slice(&t),
                 _ => break,
             }
         }
@@ -118,7 +118,8 @@ impl Held {
         });
         let events = futures_util::stream::unfold((out, end), |(mut out, end)| async move {
             let record = out.next().await?;
-            Some((Ok(sse_event(&record)), (out, end)))
+            // Text only: a binary protocol is refused at the handshake on this transport.
+            Some((Ok(sse_event(&String::from_utf8_lossy(&record))), (out, end)))
         });
         let mut r = Body::from_stream(opening.chain(events)).into_response();
         let h = r.headers_mut();
