@@ -171,6 +171,7 @@ impl Application {
         let pipeline = Pipeline::new(
             PipelineConfig {
                 thresholds: settings.budget_thresholds.clone(),
+                rates: settings.rates.config(),
             },
             store.clone(),
             backplane.clone(),
