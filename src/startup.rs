@@ -227,6 +227,7 @@ impl Application {
                 long_poll_timeout: settings.long_poll_timeout,
                 max_connections_per_key: settings.max_connections_per_key,
                 max_connections_per_address: settings.max_connections_per_address,
+                spend_summary_transactions: settings.rates.spend_summary_transactions,
                 ..GatewayConfig::default()
             };
             let g = Gateway::new(config, store, backplane.clone());
