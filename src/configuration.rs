@@ -214,7 +214,8 @@ pub struct RateArgs {
     ///
     /// Off, SpendUpdate carries no `trend` or `burnRatePerHour` and the consumer does none of
     /// the work (the drain's rate with it on and off: docs/benchmarks.md).
-    #[arg(long, env = "HERALD_SPEND_FORECAST", value_name = "BOOL", default_value = "on", value_parser = boolean)]
+    #[arg(long, env = "HERALD_SPEND_FORECAST", value_name = "BOOL", default_value = "on", value_parser = boolean,
+        action = clap::ArgAction::Set)]
     pub spend_forecast: bool,
     /// Window of the burn rate shown on SpendUpdate and used by the trend and the forecast.
     #[arg(long, env = "HERALD_FORECAST_WINDOW", value_name = "DURATION", default_value = "15m", value_parser = rate_window)]
