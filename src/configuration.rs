@@ -11,9 +11,9 @@
 use crate::tls::{self, PemFile};
 use crate::values::{
     Exchanges, allowed_origins, amqp_url, at_least_one, boolean, drain_window, duration, exchanges,
-    header_name, history_maxlen, history_ttl, hostname, listen_address, long_poll_timeout, node_id,
-    postgres_url, prefetch, queue_name, rate_window, redis_prefix, redis_url, spike_factor,
-    summary_transactions, thresholds, tolerance, without_userinfo, min_events,
+    header_name, history_maxlen, history_ttl, hostname, listen_address, long_poll_timeout,
+    min_events, node_id, postgres_url, prefetch, queue_name, rate_window, redis_prefix, redis_url,
+    spike_factor, summary_transactions, thresholds, tolerance, without_userinfo,
 };
 use clap::{Arg, Args, FromArgMatches};
 use herald_domain::thresholds::Thresholds;

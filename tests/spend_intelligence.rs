@@ -36,7 +36,11 @@ fn time(minute: f64) -> String {
 }
 
 fn envelope(s: &Spend) -> String {
-    let model = if s.total_cents % 2 == 0 { "m-even" } else { "m-odd" };
+    let model = if s.total_cents.is_multiple_of(2) {
+        "m-even"
+    } else {
+        "m-odd"
+    };
     format!(
         r#"{{"messageId":"{}","messageType":["urn:message:ConduitLLM.Core.Events:SpendUpdated"],"message":{{"KeyId":{},"Amount":{},"NewTotalSpend":{},"Model":"{model}","Provider":"p"}},"sentTime":"{}"}}"#,
         s.id,
@@ -55,7 +59,15 @@ struct Curves {
 
 impl Curves {
     /// `n` events of key `key`, `every` minutes apart from `from`, `cents` each.
-    fn run(&mut self, key: i64, name: &str, from: f64, every: f64, n: u32, cents: u64) -> Vec<Spend> {
+    fn run(
+        &mut self,
+        key: i64,
+        name: &str,
+        from: f64,
+        every: f64,
+        n: u32,
+        cents: u64,
+    ) -> Vec<Spend> {
         (0..n)
             .map(|i| {
                 let total = self.totals.entry(key).or_default();
@@ -78,7 +90,10 @@ async fn post_key(node: &Herald, body: Value) {
         node.internal(),
         "POST",
         "/v1/keys",
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         &body.to_string(),
     )
     .await;
@@ -93,8 +108,8 @@ struct Seen {
     other: HashSet<String>,
 }
 
-/// Reads the admin hub until every id of `wanted` (SpendUpdate or other event ids) arrived;
-/// `on_progress` runs once after `at` SpendUpdates.
+/// Reads the admin hub until every id of `wanted` (SpendUpdate or other event ids) arrived,
+/// recording every BudgetAlert on the way.
 async fn collect(admin: &mut SignalR, seen: &mut Seen, wanted: &[String], deadline: Duration) {
     let end = Instant::now() + deadline;
     loop {
@@ -106,7 +121,9 @@ async fn collect(admin: &mut SignalR, seen: &mut Seen, wanted: &[String], deadli
             return;
         }
         let left = end.saturating_duration_since(Instant::now());
-        let Some((name, arg)) = admin.next_invocation(left.min(Duration::from_secs(30))).await
+        let Some((name, arg)) = admin
+            .next_invocation(left.min(Duration::from_secs(30)))
+            .await
         else {
             panic!(
                 "{missing} events did not arrive (seen {} updates, alerts {:?})",
@@ -171,7 +188,11 @@ async fn curves_fire_exactly_the_expected_forecast_and_spike_alerts_once_across_
 
     // Daily budgets of 100: totals stay under 50, so no threshold alert mixes in.
     for id in [101, 102, 104, 105, 106] {
-        post_key(&serve, json!({"id": id, "budget": 100, "budgetPeriod": "daily"})).await;
+        post_key(
+            &serve,
+            json!({"id": id, "budget": 100, "budgetPeriod": "daily"}),
+        )
+        .await;
     }
     post_key(&serve, json!({"id": 103, "spikeAlerts": true})).await;
     // A key that may read its own summary.
@@ -180,7 +201,10 @@ async fn curves_fire_exactly_the_expected_forecast_and_spike_alerts_once_across_
         serve.internal(),
         "POST",
         "/v1/keys",
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         r#"{"id":107,"budget":100,"budgetPeriod":"daily"}"#,
     )
     .await;
@@ -231,11 +255,23 @@ async fn curves_fire_exactly_the_expected_forecast_and_spike_alerts_once_across_
     drop(c1);
     c1 = Herald::start(&["consume"], &vars);
     c1.wait_ready().await;
-    collect(&mut admin, &mut seen, &ids(&phase1), Duration::from_secs(180)).await;
+    collect(
+        &mut admin,
+        &mut seen,
+        &ids(&phase1),
+        Duration::from_secs(180),
+    )
+    .await;
 
     // The budget of 105 is raised: its forecast re-arms on its next events.
     key_update(&env.ns, "ku-105-raise", 105, "10000").await;
-    collect(&mut admin, &mut seen, &["ku-105-raise".to_owned()], Duration::from_secs(60)).await;
+    collect(
+        &mut admin,
+        &mut seen,
+        &["ku-105-raise".to_owned()],
+        Duration::from_secs(60),
+    )
+    .await;
 
     // Phase 2, with some of phase 1 published again (redeliveries).
     let steady_b = c.run(101, "steady-b", 90.0, 1.0, 90, 5);
@@ -267,15 +303,28 @@ async fn curves_fire_exactly_the_expected_forecast_and_spike_alerts_once_across_
 
     // The budget goes back to 100: the re-armed forecast fires again, as generation 2.
     key_update(&env.ns, "ku-105-lower", 105, "100").await;
-    collect(&mut admin, &mut seen, &["ku-105-lower".to_owned()], Duration::from_secs(60)).await;
+    collect(
+        &mut admin,
+        &mut seen,
+        &["ku-105-lower".to_owned()],
+        Duration::from_secs(60),
+    )
+    .await;
     let raise_c = c.run(105, "c", 60.0, 1.0, 10, 50);
     publish(&env.ns, &raise_c).await;
-    collect(&mut admin, &mut seen, &ids(&raise_c), Duration::from_secs(60)).await;
+    collect(
+        &mut admin,
+        &mut seen,
+        &ids(&raise_c),
+        Duration::from_secs(60),
+    )
+    .await;
 
     // Anything still on its way (a repeat would come now) has a moment to arrive.
     while let Some((name, arg)) = admin.next_invocation(Duration::from_secs(2)).await {
         if name == "BudgetAlert" {
-            seen.alerts.push(arg["eventId"].as_str().unwrap_or_default().to_owned());
+            seen.alerts
+                .push(arg["eventId"].as_str().unwrap_or_default().to_owned());
         }
     }
     let mut alerts = seen.alerts.clone();
@@ -314,7 +363,9 @@ async fn curves_fire_exactly_the_expected_forecast_and_spike_alerts_once_across_
         .unwrap()
         .1
         .clone();
-    let (client, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let rows = client
         .query(

@@ -4,10 +4,10 @@
 //! [`observe`] under the key's lock; the same events give the same state and the same alerts in
 //! whatever process, and an event that is not newer than the state changes nothing.
 use crate::budget::{SpendFacts, period_end};
-use crate::key::VirtualKey;
 use crate::fields::format_time;
 use crate::ids::{EventId, KeyId};
 use crate::key::BudgetPeriod;
+use crate::key::VirtualKey;
 use crate::money;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -563,7 +563,12 @@ mod tests {
         fn steady(&mut self, name: &str, from: f64, every: f64, n: u32, each: &str) {
             for i in 0..n {
                 let total = self.state.as_ref().map_or(Decimal::ZERO, |s| s.last_total) + d(each);
-                self.at(&format!("{name}-{i}"), from + every * f64::from(i), total, d(each));
+                self.at(
+                    &format!("{name}-{i}"),
+                    from + every * f64::from(i),
+                    total,
+                    d(each),
+                );
             }
         }
 
@@ -602,7 +607,10 @@ mod tests {
         let mut r = Run::new(Some("100"), false);
         r.steady("s", 0.0, 1.0, 10, "0.1");
         let before = r.state.clone();
-        assert!(!r.at("s-9", 9.0, d("1.0"), d("0.1")), "the same event again");
+        assert!(
+            !r.at("s-9", 9.0, d("1.0"), d("0.1")),
+            "the same event again"
+        );
         assert!(!r.at("late", 3.0, d("0.4"), d("0.1")), "an older event");
         assert_eq!(r.state, before);
         // At the same time a larger total is new spend.
@@ -621,7 +629,10 @@ mod tests {
         r.steady("fast", 120.0, 1.0, 60, "0.5");
         assert_eq!(r.kinds(), ["forecast#1"]);
         let a = &r.alerts[0];
-        assert_eq!(a.event_id.as_str(), "budget-forecast:7:2026-03-10T00:00:00Z:1");
+        assert_eq!(
+            a.event_id.as_str(),
+            "budget-forecast:7:2026-03-10T00:00:00Z:1"
+        );
         assert_eq!(a.alert_type(), "budget_forecast_exceeded");
         let SpendAlertKind::Forecast {
             projected_exhaustion,
@@ -684,7 +695,10 @@ mod tests {
                     panic!()
                 };
                 assert!(rate_per_hour > Decimal::from(3) * baseline_per_hour);
-                assert_eq!(r.alerts[0].event_id.as_str(), "spend-spike:7:2026-03-10T00:00:00Z:1");
+                assert_eq!(
+                    r.alerts[0].event_id.as_str(),
+                    "spend-spike:7:2026-03-10T00:00:00Z:1"
+                );
             } else {
                 assert!(r.alerts.is_empty());
             }

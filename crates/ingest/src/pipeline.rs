@@ -434,10 +434,7 @@ impl Pipeline {
             self.publish(Self::audiences(ev, &event, owner).as_slice(), &event)
                 .await?;
             store.mark_alert_published(&event.event_id).await?;
-            metrics()
-                .alerts_fired
-                .with(&alert.label)
-                .inc();
+            metrics().alerts_fired.with(&alert.label).inc();
             alerts += 1;
         }
         Ok(Processed {

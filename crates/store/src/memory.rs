@@ -195,7 +195,14 @@ impl Store for MemoryStore {
             .max_by_key(|((_, start), _)| *start)
             .map(|(_, (_, shown))| shown.clone());
         let Some(period) = rate.as_ref().map(|r| r.period_start) else {
-            return Ok(SpendSummary::build(key, stored.as_ref(), None, vec![], vec![], vec![]));
+            return Ok(SpendSummary::build(
+                key,
+                stored.as_ref(),
+                None,
+                vec![],
+                vec![],
+                vec![],
+            ));
         };
         let shares = |m: &HashMap<Option<String>, (Decimal, u64)>| -> Vec<Share> {
             m.iter()
@@ -217,7 +224,11 @@ impl Store for MemoryStore {
             .map(|t| t.list.iter().filter(|(p, _)| *p == period).collect())
             .unwrap_or_default();
         list.sort_by(|a, b| b.1.timestamp.cmp(&a.1.timestamp));
-        let recent = list.into_iter().take(recent).map(|(_, t)| t.clone()).collect();
+        let recent = list
+            .into_iter()
+            .take(recent)
+            .map(|(_, t)| t.clone())
+            .collect();
         Ok(SpendSummary::build(
             key,
             stored.as_ref(),

@@ -350,10 +350,7 @@ async fn evaluate_in(
         )
         .await
         .map_err(unavailable)?;
-    let read_rates = tx
-        .prepare_cached(rates::READ)
-        .await
-        .map_err(unavailable)?;
+    let read_rates = tx.prepare_cached(rates::READ).await.map_err(unavailable)?;
     let (rate_keys, rate_starts) = rates::slots(jobs);
     let mut periods: std::collections::HashMap<(i64, DateTime<Utc>), Vec<ThresholdState>> =
         std::collections::HashMap::new();

@@ -6,7 +6,9 @@ use crate::contract::{PendingAlert, StoreError};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use herald_domain::budget::SpendFacts;
-use herald_domain::forecast::{self, Projection, RateConfig, RateInput, RateState, RateView, Trend};
+use herald_domain::forecast::{
+    self, Projection, RateConfig, RateInput, RateState, RateView, Trend,
+};
 use herald_domain::summary::{PeriodRate, Share, SpendSummary, SpendTransaction};
 use herald_domain::{BudgetPeriod, Cause, KeyId, OutboundEvent, VirtualKey};
 use rust_decimal::Decimal;
@@ -35,7 +37,8 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-pub(crate) const READ: &str = "SELECT s.key_id, s.period_start, s.first_time, s.last_time, s.last_total, s.events,
+pub(crate) const READ: &str =
+    "SELECT s.key_id, s.period_start, s.first_time, s.last_time, s.last_total, s.events,
         s.spike_sum, s.window_sum, s.baseline_sum, s.forecast_generation, s.forecast_active,
         s.forecast_budget, s.spike_generation, s.spike_active
      FROM spend_rate_state s
@@ -152,7 +155,7 @@ pub(crate) async fn apply(
         let slot = (job.input.key_id.get(), job.input.period_start);
         let step = forecast::observe(states.get(&slot), &job.input, &job.cfg);
         if step.changed {
-            if step.state.events == 1 || step.state.events % PRUNE_EVERY == 0 {
+            if step.state.events == 1 || step.state.events.is_multiple_of(PRUNE_EVERY) {
                 prune.push(slot);
             }
             states.insert(slot, step.state.clone());
@@ -222,9 +225,14 @@ async fn write(
     let window: Vec<f64> = written.iter().map(|(_, w)| w.state.window_sum).collect();
     let baseline: Vec<f64> = written.iter().map(|(_, w)| w.state.baseline_sum).collect();
     let fgen = st(|w| to_i32(w.state.forecast_generation));
-    let factive: Vec<bool> = written.iter().map(|(_, w)| w.state.forecast_active).collect();
-    let fbudget: Vec<Option<Decimal>> =
-        written.iter().map(|(_, w)| w.state.forecast_budget).collect();
+    let factive: Vec<bool> = written
+        .iter()
+        .map(|(_, w)| w.state.forecast_active)
+        .collect();
+    let fbudget: Vec<Option<Decimal>> = written
+        .iter()
+        .map(|(_, w)| w.state.forecast_budget)
+        .collect();
     let sgen = st(|w| to_i32(w.state.spike_generation));
     let sactive: Vec<bool> = written.iter().map(|(_, w)| w.state.spike_active).collect();
     let rate: Vec<Decimal> = written

@@ -3,10 +3,10 @@
 //! database per test).
 use chrono::{DateTime, Utc};
 use herald_domain::budget::{SpendFacts, SpendObservation};
+use herald_domain::forecast::RateConfig;
 use herald_domain::thresholds::Thresholds;
 use herald_domain::tls::ClientTls;
 use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, VirtualKey};
-use herald_domain::forecast::RateConfig;
 use herald_store::{MemoryStore, PostgresStore, SharedStore, SpendRules, Store, StoreError};
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -513,14 +513,21 @@ async fn burn_rates_and_the_summary_count_each_event_once() {
         };
         let mut last = None;
         for i in 0..10 {
-            let out = s.observe_spend(&spend(i, if i % 2 == 0 { "a" } else { "b" }), &rules).await.unwrap();
+            let out = s
+                .observe_spend(&spend(i, if i % 2 == 0 { "a" } else { "b" }), &rules)
+                .await
+                .unwrap();
             last = out.rate;
         }
         let rate = last.expect("a rate on every spend").burn_rate_per_hour;
         // One per minute: 60 per hour, and the forecast fires (100 at 60/h runs out at ~01:40).
         assert!(rate > d("50") && rate < d("70"), "{name}: {rate}");
         let again = s.observe_spend(&spend(9, "b"), &rules).await.unwrap();
-        assert_eq!(again.rate.map(|r| r.burn_rate_per_hour), Some(rate), "{name}: a repeat changes nothing");
+        assert_eq!(
+            again.rate.map(|r| r.burn_rate_per_hour),
+            Some(rate),
+            "{name}: a repeat changes nothing"
+        );
         let forecasts: Vec<_> = again
             .pending
             .iter()
@@ -528,7 +535,11 @@ async fn burn_rates_and_the_summary_count_each_event_once() {
             .collect();
         assert_eq!(forecasts.len(), 1, "{name}: {:?}", again.pending);
         let late = s.observe_spend(&spend(3, "a"), &rules).await.unwrap();
-        assert_eq!(late.rate.map(|r| r.burn_rate_per_hour), Some(rate), "{name}: a late event changes nothing");
+        assert_eq!(
+            late.rate.map(|r| r.burn_rate_per_hour),
+            Some(rate),
+            "{name}: a late event changes nothing"
+        );
         let summary = s
             .spend_summary(KeyId::new(600).unwrap(), 3)
             .await
@@ -536,8 +547,16 @@ async fn burn_rates_and_the_summary_count_each_event_once() {
             .expect("a summary");
         let json = serde_json::to_value(&summary).unwrap();
         assert_eq!(json["periodSpend"], serde_json::json!(10), "{name}: {json}");
-        assert_eq!(json["byModel"][0]["requests"], serde_json::json!(5), "{name}");
-        assert_eq!(json["byProvider"][0]["spend"], serde_json::json!(10), "{name}");
+        assert_eq!(
+            json["byModel"][0]["requests"],
+            serde_json::json!(5),
+            "{name}"
+        );
+        assert_eq!(
+            json["byProvider"][0]["spend"],
+            serde_json::json!(10),
+            "{name}"
+        );
         let recent: Vec<&str> = json["recent"]
             .as_array()
             .unwrap()
@@ -548,7 +567,10 @@ async fn burn_rates_and_the_summary_count_each_event_once() {
         assert_eq!(json["periodStart"], "2026-11-02T00:00:00Z", "{name}");
         assert_eq!(json["forecast"]["exceedsBudget"], true, "{name}: {json}");
         assert!(
-            s.spend_summary(KeyId::new(601).unwrap(), 3).await.unwrap().is_none(),
+            s.spend_summary(KeyId::new(601).unwrap(), 3)
+                .await
+                .unwrap()
+                .is_none(),
             "{name}: an unknown key with no spend"
         );
     }

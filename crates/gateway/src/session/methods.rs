@@ -100,7 +100,10 @@ impl Session {
     }
 
     /// The key's spend summary from the store, `null` for a key it does not know.
-    pub(super) async fn spend_summary(&mut self, key: herald_domain::KeyId) -> Result<String, String> {
+    pub(super) async fn spend_summary(
+        &mut self,
+        key: herald_domain::KeyId,
+    ) -> Result<String, String> {
         let unavailable = || "Spend summary unavailable; try again.".to_owned();
         let limit = self.gw.config.spend_summary_transactions;
         match self.gw.store.spend_summary(key, limit).await {
