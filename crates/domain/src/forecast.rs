@@ -3,6 +3,9 @@
 //! and source times only. The store keeps a [`RateState`] per (key, period) and applies
 //! [`observe`] under the key's lock; the same events give the same state and the same alerts in
 //! whatever process, and an event that is not newer than the state changes nothing.
+//!
+//! Long because: one purpose, the state and rules of the burn rate (rates, trend, forecast,
+//! spike, their alerts' contents), which share the state's private helpers.
 use crate::budget::{SpendFacts, period_end};
 use crate::fields::format_time;
 use crate::ids::{EventId, KeyId};
