@@ -399,6 +399,17 @@ async fn curves_fire_exactly_the_expected_forecast_and_spike_alerts_once_across_
     assert_eq!(requests, 12, "{s}");
     assert_eq!(s["recent"][0]["eventId"], "k107-s-11", "{s}");
     assert_eq!(s["recent"].as_array().unwrap().len(), 12);
+    let mut events = SignalR::connect(&format!(
+        "ws://{}/hubs/events?access_token={raw107}",
+        serve.addr
+    ))
+    .await
+    .unwrap();
+    let same = events.invoke("GetSpendSummary", json!([])).await;
+    assert_eq!(
+        same["result"], done["result"],
+        "/hubs/events answers the same"
+    );
     let refused = own.invoke("GetSpendSummary", json!([106])).await;
     assert_eq!(refused["error"], "GetSpendSummary expects no arguments.");
     let done = admin.invoke("GetSpendSummary", json!([106])).await;
