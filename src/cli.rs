@@ -126,6 +126,9 @@ pub struct KeyArgs {
     /// RFC 3339 expiry time.
     #[arg(long)]
     pub expires_at: Option<String>,
+    /// Spike alerts for this key (off by default; docs/events.md, "Spend intelligence").
+    #[arg(long)]
+    pub spike_alerts: bool,
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]

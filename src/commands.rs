@@ -244,6 +244,7 @@ fn spec(args: &KeyArgs, hash: KeyHash) -> Result<KeySpec<'_>, String> {
         admin: args.admin,
         thresholds,
         expires_at: args.expires_at.as_deref(),
+        spike_alerts: args.spike_alerts,
     })
 }
 

@@ -11,8 +11,9 @@
 use crate::tls::{self, PemFile};
 use crate::values::{
     Exchanges, allowed_origins, amqp_url, at_least_one, boolean, drain_window, duration, exchanges,
-    header_name, history_maxlen, history_ttl, hostname, listen_address, long_poll_timeout, node_id,
-    postgres_url, prefetch, queue_name, redis_prefix, redis_url, thresholds, without_userinfo,
+    header_name, history_maxlen, history_ttl, hostname, listen_address, long_poll_timeout,
+    min_events, node_id, postgres_url, prefetch, queue_name, rate_window, redis_prefix, redis_url,
+    spike_factor, summary_transactions, thresholds, tolerance, without_userinfo,
 };
 use clap::{Arg, Args, FromArgMatches};
 use herald_domain::thresholds::Thresholds;
@@ -200,7 +201,64 @@ pub struct NodeArgs {
     #[arg(long, env = "HERALD_BUDGET_THRESHOLDS", value_name = "LIST", default_value = "50,75,90,100", value_parser = thresholds)]
     pub budget_thresholds: Thresholds,
     #[command(flatten)]
+    pub rates: RateArgs,
+    #[command(flatten)]
     pub http: HttpArgs,
+}
+
+/// Spend intelligence (docs/events.md, "Spend intelligence"): burn rate, trend, forecast and
+/// spike alerts, the spend summary.
+#[derive(Debug, Clone, Args)]
+pub struct RateArgs {
+    /// Burn rates, trends, forecast and spike alerts and the spend summary: on or off.
+    ///
+    /// Off, SpendUpdate carries no `trend` or `burnRatePerHour` and the consumer does none of
+    /// the work (the drain's rate with it on and off: docs/benchmarks.md).
+    #[arg(long, env = "HERALD_SPEND_FORECAST", value_name = "BOOL", default_value = "on", value_parser = boolean,
+        action = clap::ArgAction::Set)]
+    pub spend_forecast: bool,
+    /// Window of the burn rate shown on SpendUpdate and used by the trend and the forecast.
+    #[arg(long, env = "HERALD_FORECAST_WINDOW", value_name = "DURATION", default_value = "15m", value_parser = rate_window)]
+    pub forecast_window: Duration,
+    /// Events a key's period needs before a forecast, a spike or a trend other than stable.
+    #[arg(long, env = "HERALD_FORECAST_MIN_EVENTS", value_name = "N", default_value = "5", value_parser = min_events)]
+    pub forecast_min_events: u32,
+    /// Time those events must span (source time).
+    #[arg(long, env = "HERALD_FORECAST_MIN_SPAN", value_name = "DURATION", default_value = "5m", value_parser = rate_window)]
+    pub forecast_min_span: Duration,
+    /// Window of the baseline the trend and spike alerts compare with.
+    #[arg(long, env = "HERALD_SPEND_BASELINE_WINDOW", value_name = "DURATION", default_value = "1h", value_parser = rate_window)]
+    pub spend_baseline_window: Duration,
+    /// How far (percent) the burn rate may stray from the baseline and still be `stable`.
+    #[arg(long, env = "HERALD_TREND_TOLERANCE_PERCENT", value_name = "N", default_value = "25", value_parser = tolerance)]
+    pub trend_tolerance_percent: u32,
+    /// The spike alert's window ("spend in the last window").
+    #[arg(long, env = "HERALD_SPIKE_WINDOW", value_name = "DURATION", default_value = "5m", value_parser = rate_window)]
+    pub spike_window: Duration,
+    /// k: a spike is the spike window's rate above k times the baseline (more than 1).
+    ///
+    /// Spike alerts are off per key unless the key has `spikeAlerts` on.
+    #[arg(long, env = "HERALD_SPIKE_FACTOR", value_name = "K", default_value = "3", value_parser = spike_factor)]
+    pub spike_factor: rust_decimal::Decimal,
+    /// Newest events `GetSpendSummary` lists.
+    #[arg(long, env = "HERALD_SPEND_SUMMARY_TRANSACTIONS", value_name = "N", default_value = "20", value_parser = summary_transactions)]
+    pub spend_summary_transactions: usize,
+}
+
+impl RateArgs {
+    /// The pipeline's settings; `None` when `HERALD_SPEND_FORECAST` is off.
+    pub fn config(&self) -> Option<herald_domain::forecast::RateConfig> {
+        self.spend_forecast
+            .then_some(herald_domain::forecast::RateConfig {
+                window: self.forecast_window,
+                spike_window: self.spike_window,
+                baseline_window: self.spend_baseline_window,
+                min_events: self.forecast_min_events,
+                min_span: self.forecast_min_span,
+                trend_tolerance_percent: self.trend_tolerance_percent,
+                spike_factor: self.spike_factor,
+            })
+    }
 }
 
 /// Limits of every HTTP connection (docs/security.md, "Limits"): every node role.
@@ -395,6 +453,7 @@ pub struct Settings {
     pub amqp_bind: Option<Vec<String>>,
     pub amqp_prefetch: u16,
     pub budget_thresholds: Thresholds,
+    pub rates: RateArgs,
     pub history_maxlen: usize,
     pub history_ttl: Duration,
     pub redis_prefix: String,
@@ -430,6 +489,7 @@ impl std::fmt::Debug for Settings {
             .field("amqp_bind", &self.amqp_bind)
             .field("amqp_prefetch", &self.amqp_prefetch)
             .field("budget_thresholds", &self.budget_thresholds)
+            .field("rates", &self.rates)
             .field("history_maxlen", &self.history_maxlen)
             .field("history_ttl", &self.history_ttl)
             .field("redis_prefix", &self.redis_prefix)
@@ -511,6 +571,7 @@ impl Settings {
             amqp_bind: consumer.amqp_bind.map(|e| e.0),
             amqp_prefetch: consumer.amqp_prefetch,
             budget_thresholds: node.budget_thresholds,
+            rates: node.rates,
             history_maxlen: node.history_maxlen,
             history_ttl: node.history_ttl,
             redis_prefix: node.redis_prefix,

@@ -323,6 +323,9 @@ struct NewKey {
     alert_thresholds: Option<Vec<u32>>,
     #[serde(default)]
     expires_at: Option<String>,
+    /// Spike alerts for this key (off by default).
+    #[serde(default)]
+    spike_alerts: bool,
     /// Import a key known only by its hash instead of generating one.
     #[serde(default)]
     key_hash: Option<String>,
@@ -364,6 +367,7 @@ async fn post_key(State(api): State<Arc<AdminApi>>, req: Request) -> Result<Resp
         admin: req.is_admin,
         thresholds: req.alert_thresholds,
         expires_at: req.expires_at.as_deref(),
+        spike_alerts: req.spike_alerts,
     };
     let key = spec.build().map_err(ApiError::BadRequest)?;
     if api.store.key_by_id(id).await?.is_some() {

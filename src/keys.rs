@@ -15,6 +15,8 @@ pub struct KeySpec<'a> {
     pub admin: bool,
     pub thresholds: Option<Vec<u32>>,
     pub expires_at: Option<&'a str>,
+    /// Spike alerts on (docs/events.md, "Spend intelligence").
+    pub spike_alerts: bool,
 }
 
 impl KeySpec<'_> {
@@ -33,6 +35,7 @@ impl KeySpec<'_> {
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
         key.is_admin = self.admin;
+        key.spike_alerts = self.spike_alerts;
         if let Some(t) = self.thresholds {
             key.alert_thresholds = Some(Thresholds::from_list(t).map_err(|e| e.to_string())?);
         }
@@ -62,6 +65,7 @@ mod tests {
             admin: false,
             thresholds: Some(vec![90, 50]),
             expires_at: Some("2030-01-01T00:00:00Z"),
+            spike_alerts: true,
         }
     }
 
@@ -70,6 +74,7 @@ mod tests {
         let k = spec().build().unwrap();
         assert_eq!(k.name, "key 3");
         assert_eq!(k.budget_period, BudgetPeriod::Monthly);
+        assert!(k.spike_alerts);
         assert_eq!(
             k.alert_thresholds.as_ref().map(Thresholds::as_slice),
             Some(&[50, 90][..])

@@ -175,6 +175,7 @@ impl Application {
         let pipeline = Pipeline::new(
             PipelineConfig {
                 thresholds: settings.budget_thresholds.clone(),
+                rates: settings.rates.config(),
             },
             store.clone(),
             backplane.clone(),
@@ -230,6 +231,7 @@ impl Application {
                 long_poll_timeout: settings.long_poll_timeout,
                 max_connections_per_key: settings.max_connections_per_key,
                 max_connections_per_address: settings.max_connections_per_address,
+                spend_summary_transactions: settings.rates.spend_summary_transactions,
                 ..GatewayConfig::default()
             };
             let g = Gateway::new(config, store, backplane.clone());

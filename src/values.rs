@@ -133,6 +133,55 @@ pub(crate) fn duration(v: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("expected a duration such as 500ms, 10s or 1m, got {v:?}"))
 }
 
+/// A rate window or span: 1 minute to 7 days, whole minutes.
+pub(crate) fn rate_window(v: &str) -> Result<Duration, String> {
+    match parse_duration(v) {
+        Some(d)
+            if d >= Duration::from_secs(60)
+                && d <= Duration::from_secs(7 * 86_400)
+                && d.as_secs() % 60 == 0
+                && d.subsec_nanos() == 0 =>
+        {
+            Ok(d)
+        }
+        _ => Err(format!(
+            "expected whole minutes from 1m to 7 days such as 5m, 15m or 1h, got {v:?}"
+        )),
+    }
+}
+
+pub(crate) fn min_events(v: &str) -> Result<u32, String> {
+    match whole_number(v, 1u32)? {
+        n if n <= 1_000_000 => Ok(n),
+        n => Err(format!("expected at most 1000000, got {n}")),
+    }
+}
+
+pub(crate) fn tolerance(v: &str) -> Result<u32, String> {
+    match whole_number(v, 1u32)? {
+        n if n <= 1000 => Ok(n),
+        n => Err(format!("expected a percentage from 1 to 1000, got {n}")),
+    }
+}
+
+pub(crate) fn spike_factor(v: &str) -> Result<rust_decimal::Decimal, String> {
+    match rust_decimal::Decimal::from_str_exact(v.trim()) {
+        Ok(k) if k > rust_decimal::Decimal::ONE && k <= rust_decimal::Decimal::from(1000) => {
+            Ok(k.normalize())
+        }
+        _ => Err(format!(
+            "expected a number above 1 and at most 1000 such as 3 or 2.5, got {v:?}"
+        )),
+    }
+}
+
+pub(crate) fn summary_transactions(v: &str) -> Result<usize, String> {
+    match whole_number(v, 0usize)? {
+        n if n <= 1000 => Ok(n),
+        n => Err(format!("expected 0 to 1000, got {n}")),
+    }
+}
+
 pub(crate) fn at_least_one(v: &str) -> Result<usize, String> {
     whole_number(v, 1usize)
 }

@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         traceparent: None,
         kind: kind.clone(),
     };
-    let _ = OutboundEvent::spend_update(&ev, s, key_id, s.budget);
+    let _ = OutboundEvent::spend_update(&ev, s, key_id, s.budget, None);
     let facts = SpendFacts {
         key_id,
         event_id,
@@ -59,6 +59,10 @@ fuzz_target!(|data: &[u8]| {
         budget: s.budget,
         period: s.budget_period,
         period_start: s.period_start,
+        amount: s.amount,
+        model: s.model.clone(),
+        provider: s.provider.clone(),
+        request_id: s.request_id.clone(),
     };
     let Ok(thresholds) = Thresholds::from_list(vec![1, 50, 75, 90, 100, 1000]) else {
         return;

@@ -150,12 +150,30 @@ pub struct SpendFacts {
     pub budget: Option<Decimal>,
     pub period: Option<BudgetPeriod>,
     pub period_start: Option<DateTime<Utc>>,
+    /// This event's charge and what it was for (the spend summary's transactions).
+    pub amount: Decimal,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub request_id: Option<String>,
 }
 
 impl SpendFacts {
     /// The budget in force: the event's, else the key's.
     pub fn budget(&self, key: Option<&VirtualKey>) -> Option<Decimal> {
         self.budget.or(key.and_then(|k| k.budget))
+    }
+
+    /// The budget period in force and its start: the event's, else the key's (total without
+    /// either).
+    pub fn period(&self, key: Option<&VirtualKey>) -> (BudgetPeriod, DateTime<Utc>) {
+        let period = self
+            .period
+            .or(key.map(|k| k.budget_period))
+            .unwrap_or(BudgetPeriod::Total);
+        let start = self
+            .period_start
+            .unwrap_or_else(|| period_start(period, self.source_time));
+        (period, start)
     }
 
     /// The observation to evaluate, or `None` when no positive budget applies. The key's own
@@ -166,10 +184,7 @@ impl SpendFacts {
         defaults: &Thresholds,
     ) -> Option<SpendObservation> {
         let budget = self.budget(key).filter(|b| *b > Decimal::ZERO)?;
-        let period = self
-            .period
-            .or(key.map(|k| k.budget_period))
-            .unwrap_or(BudgetPeriod::Total);
+        let (period, period_start) = self.period(key);
         let thresholds = key
             .and_then(|k| k.alert_thresholds.clone())
             .unwrap_or_else(|| defaults.clone());
@@ -180,9 +195,7 @@ impl SpendFacts {
             total_spend: self.total_spend,
             budget,
             period,
-            period_start: self
-                .period_start
-                .unwrap_or_else(|| period_start(period, self.source_time)),
+            period_start,
             thresholds,
         })
     }
@@ -349,6 +362,10 @@ mod tests {
             budget: budget.map(d),
             period: None,
             period_start: None,
+            amount: d("1"),
+            model: None,
+            provider: None,
+            request_id: None,
         }
     }
 

@@ -154,6 +154,8 @@ pub struct VirtualKey {
     pub budget_period: BudgetPeriod,
     /// Per-key override of the default thresholds (percent).
     pub alert_thresholds: Option<Thresholds>,
+    /// Spike alerts (docs/events.md, "Spend intelligence"): off unless asked for.
+    pub spike_alerts: bool,
     pub current_spend: Decimal,
     pub updated_at: DateTime<Utc>,
 }
@@ -171,6 +173,7 @@ impl VirtualKey {
             budget: None,
             budget_period: BudgetPeriod::Total,
             alert_thresholds: None,
+            spike_alerts: false,
             current_spend: Decimal::ZERO,
             updated_at: Utc::now(),
         }

@@ -20,6 +20,8 @@ pub struct VirtualKeyChanged {
     pub budget_period: Option<BudgetPeriod>,
     pub expires_at: Option<DateTime<Utc>>,
     pub is_admin: Option<bool>,
+    /// `SpikeAlerts`: turns the key's spike alerts on or off.
+    pub spike_alerts: Option<bool>,
     pub changed_properties: Option<Vec<String>>,
     pub fields: Map<String, Value>,
 }
@@ -64,6 +66,7 @@ impl VirtualKeyChanged {
                 .transpose()?,
             expires_at: f.time("expiresAt")?,
             is_admin: boolean(&f, "isAdmin")?,
+            spike_alerts: boolean(&f, "spikeAlerts")?,
             changed_properties,
             fields: object(body),
         })

@@ -1,6 +1,7 @@
 //! Outbound events: what travels through the backplane to clients, built once per event.
 use crate::budget::BudgetAlert;
 use crate::fields::format_time;
+use crate::forecast::{RateView, SpendAlert, SpendAlertKind};
 use crate::ids::{EventId, KeyId};
 use crate::inbound::{InboundEvent, SpendUpdated};
 use crate::money;
@@ -227,6 +228,7 @@ impl OutboundEvent {
         s: &SpendUpdated,
         key_id: KeyId,
         budget: Option<Decimal>,
+        rate: Option<&RateView>,
     ) -> Self {
         let budget = budget.filter(|b| *b > Decimal::ZERO);
         let payload = SpendUpdatePayload {
@@ -242,6 +244,8 @@ impl OutboundEvent {
             model: s.model.as_deref(),
             provider: s.provider.as_deref(),
             request_id: s.request_id.as_deref(),
+            trend: rate.map(|r| r.trend.as_str()),
+            burn_rate_per_hour: rate.map(|r| r.burn_rate_per_hour),
         };
         Self::new(
             ev.id.clone(),
@@ -282,6 +286,69 @@ impl OutboundEvent {
             &payload,
         )
     }
+
+    /// A forecast or spike alert as a `BudgetAlert` (docs/events.md, "Spend intelligence").
+    pub fn spend_alert(a: &SpendAlert) -> Self {
+        let figures = crate::forecast::budget_figures(a.current_spend, a.budget);
+        let (projected, rate, baseline, factor, window, baseline_minutes) = match &a.kind {
+            SpendAlertKind::Forecast {
+                projected_exhaustion,
+                rate_per_hour,
+                window_minutes,
+            } => (
+                Some(format_time(*projected_exhaustion)),
+                *rate_per_hour,
+                None,
+                None,
+                *window_minutes,
+                None,
+            ),
+            SpendAlertKind::Spike {
+                rate_per_hour,
+                baseline_per_hour,
+                spike_factor,
+                window_minutes,
+                baseline_minutes,
+            } => (
+                None,
+                *rate_per_hour,
+                Some(*baseline_per_hour),
+                Some(*spike_factor),
+                *window_minutes,
+                Some(*baseline_minutes),
+            ),
+        };
+        let payload = SpendAlertPayload {
+            event_id: &a.event_id,
+            timestamp: format_time(a.timestamp),
+            virtual_key_id: a.key_id,
+            alert_type: a.alert_type(),
+            percentage: figures.map(|(_, p)| p),
+            current_spend: a.current_spend,
+            budget: a.budget.filter(|_| figures.is_some()),
+            remaining: figures.map(|(r, _)| r),
+            severity: "warning",
+            message: &a.message,
+            period_start: (a.period_start != DateTime::UNIX_EPOCH)
+                .then(|| format_time(a.period_start)),
+            period_end: a.period_end.map(format_time),
+            source_event_id: &a.source_event_id,
+            projected_exhaustion: projected,
+            burn_rate_per_hour: rate,
+            baseline_per_hour: baseline,
+            spike_factor: factor,
+            window_minutes: window,
+            baseline_minutes,
+        };
+        Self::new(
+            a.event_id.clone(),
+            Outbound::BudgetAlert,
+            Some(a.key_id),
+            a.timestamp,
+            None,
+            &payload,
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -315,6 +382,65 @@ struct SpendUpdatePayload<'a> {
     provider: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trend: Option<&'static str>,
+    #[serde(
+        with = "rust_decimal::serde::arbitrary_precision_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    burn_rate_per_hour: Option<Decimal>,
+}
+
+/// A forecast or spike alert (docs/events.md, "Spend intelligence"): a `BudgetAlert` without
+/// `threshold`, with the rate's figures.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpendAlertPayload<'a> {
+    event_id: &'a EventId,
+    timestamp: String,
+    virtual_key_id: KeyId,
+    alert_type: &'a str,
+    #[serde(
+        with = "rust_decimal::serde::arbitrary_precision_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    percentage: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    current_spend: Decimal,
+    #[serde(
+        with = "rust_decimal::serde::arbitrary_precision_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    budget: Option<Decimal>,
+    #[serde(
+        with = "rust_decimal::serde::arbitrary_precision_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    remaining: Option<Decimal>,
+    severity: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period_start: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period_end: Option<String>,
+    source_event_id: &'a EventId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    projected_exhaustion: Option<String>,
+    #[serde(with = "rust_decimal::serde::arbitrary_precision")]
+    burn_rate_per_hour: Decimal,
+    #[serde(
+        with = "rust_decimal::serde::arbitrary_precision_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    baseline_per_hour: Option<Decimal>,
+    #[serde(
+        with = "rust_decimal::serde::arbitrary_precision_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    spike_factor: Option<Decimal>,
+    window_minutes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_minutes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -369,6 +495,7 @@ mod tests {
             &s,
             KeyId::new(7).unwrap(),
             Some(Decimal::new(5000, 2)),
+            None,
         );
         assert_eq!(
             out.payload.get(),

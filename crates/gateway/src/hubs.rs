@@ -45,6 +45,8 @@ pub enum HubMethod {
     /// Admin: narrow the connection to the named keys (plus global events).
     SubscribeToVirtualKey,
     UnsubscribeFromVirtualKey,
+    /// `GetSpendSummary()` (own key) or, on the admin hub, `GetSpendSummary(keyId)`.
+    GetSpendSummary,
 }
 
 impl HubMethod {
@@ -55,6 +57,7 @@ impl HubMethod {
             HubMethod::UnsubscribeFromTask => "UnsubscribeFromTask",
             HubMethod::SubscribeToVirtualKey => "SubscribeToVirtualKey",
             HubMethod::UnsubscribeFromVirtualKey => "UnsubscribeFromVirtualKey",
+            HubMethod::GetSpendSummary => "GetSpendSummary",
         }
     }
 }
@@ -82,7 +85,7 @@ pub static HUBS: &[Hub] = &[
         access: Access::VirtualKey,
         listens: Listens::OwnKey,
         receives: Receives::Only(&[Outbound::SpendUpdate, Outbound::BudgetAlert]),
-        methods: &[HubMethod::Resume],
+        methods: &[HubMethod::GetSpendSummary, HubMethod::Resume],
         conduit_tasks: false,
     },
     Hub {
@@ -119,6 +122,7 @@ pub static HUBS: &[Hub] = &[
         listens: Listens::OwnKeyAndGlobal,
         receives: Receives::All,
         methods: &[
+            HubMethod::GetSpendSummary,
             HubMethod::SubscribeToTask,
             HubMethod::UnsubscribeFromTask,
             HubMethod::Resume,
@@ -132,6 +136,7 @@ pub static HUBS: &[Hub] = &[
         listens: Listens::Admin,
         receives: Receives::All,
         methods: &[
+            HubMethod::GetSpendSummary,
             HubMethod::SubscribeToVirtualKey,
             HubMethod::UnsubscribeFromVirtualKey,
             HubMethod::SubscribeToTask,

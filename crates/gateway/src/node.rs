@@ -47,6 +47,8 @@ pub struct GatewayConfig {
     pub max_connections_per_key: usize,
     /// Hub connections one client address (IPv6: one /64) may hold open on this node.
     pub max_connections_per_address: usize,
+    /// Newest events `GetSpendSummary` lists (`HERALD_SPEND_SUMMARY_TRANSACTIONS`).
+    pub spend_summary_transactions: usize,
 }
 
 impl Default for GatewayConfig {
@@ -68,6 +70,7 @@ impl Default for GatewayConfig {
             long_poll_timeout: Duration::from_secs(20),
             max_connections_per_key: 1000,
             max_connections_per_address: 1000,
+            spend_summary_transactions: 20,
         }
     }
 }
@@ -95,6 +98,10 @@ impl std::fmt::Debug for GatewayConfig {
             .field(
                 "max_connections_per_address",
                 &self.max_connections_per_address,
+            )
+            .field(
+                "spend_summary_transactions",
+                &self.spend_summary_transactions,
             )
             .finish()
     }

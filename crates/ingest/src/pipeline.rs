@@ -9,6 +9,7 @@
 use crate::envelope::{self, MessageMeta};
 use herald_backplane::{BackplaneError, Published, SharedBackplane};
 use herald_domain::budget::SpendFacts;
+use herald_domain::forecast::RateConfig;
 use herald_domain::key_change::VirtualKeyChanged;
 use herald_domain::task::{TaskEvent, TaskState};
 use herald_domain::thresholds::Thresholds;
@@ -17,7 +18,7 @@ use herald_domain::{
     Audience, EventId, InboundEvent, InboundKind, Invalid, KeyId, KeyRef, Outbound, OutboundEvent,
     SpendUpdated, VirtualKey,
 };
-use herald_store::{SharedStore, StoreError};
+use herald_store::{SharedStore, SpendRules, StoreError};
 use herald_telemetry::metrics;
 use herald_telemetry::trace;
 use std::sync::Arc;
@@ -33,10 +34,22 @@ fn audience_kind(a: Audience) -> &'static str {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// Used for keys without their own threshold list.
     pub thresholds: Thresholds,
+    /// Burn rate, trend, forecast and spike settings; `None`: `HERALD_SPEND_FORECAST=off`.
+    pub rates: Option<RateConfig>,
+}
+
+impl Default for PipelineConfig {
+    /// The node's defaults: the default thresholds, spend intelligence on.
+    fn default() -> Self {
+        Self {
+            thresholds: Thresholds::default(),
+            rates: Some(RateConfig::default()),
+        }
+    }
 }
 
 /// Why a message was not processed.
@@ -103,7 +116,7 @@ pub struct Pipeline {
 }
 
 struct Parts {
-    config: PipelineConfig,
+    rules: SpendRules,
     store: SharedStore,
     backplane: SharedBackplane,
 }
@@ -112,7 +125,10 @@ impl Pipeline {
     pub fn new(config: PipelineConfig, store: SharedStore, backplane: SharedBackplane) -> Self {
         Self {
             parts: Arc::new(Parts {
-                config,
+                rules: SpendRules {
+                    thresholds: config.thresholds,
+                    rates: config.rates,
+                },
                 store,
                 backplane,
             }),
@@ -352,6 +368,9 @@ impl Pipeline {
                     if let Some(admin) = k.is_admin {
                         key.is_admin = admin;
                     }
+                    if let Some(spikes) = k.spike_alerts {
+                        key.spike_alerts = spikes;
+                    }
                     store.put_key(&key).await?;
                 }
             }
@@ -388,14 +407,16 @@ impl Pipeline {
             budget: s.budget,
             period: s.budget_period,
             period_start: s.period_start,
+            amount: s.amount,
+            model: s.model.clone(),
+            provider: s.provider.clone(),
+            request_id: s.request_id.clone(),
         };
-        let outcome = store
-            .observe_spend(&facts, &self.parts.config.thresholds)
-            .await?;
+        let outcome = store.observe_spend(&facts, &self.parts.rules).await?;
         let budget = facts.budget(outcome.key.as_ref());
         let pending = outcome.pending;
 
-        let update = OutboundEvent::spend_update(ev, s, key_id, budget);
+        let update = OutboundEvent::spend_update(ev, s, key_id, budget, outcome.rate.as_ref());
         let done = self
             .publish(
                 Self::audiences(ev, &update, Some(key_id)).as_slice(),
@@ -413,10 +434,7 @@ impl Pipeline {
             self.publish(Self::audiences(ev, &event, owner).as_slice(), &event)
                 .await?;
             store.mark_alert_published(&event.event_id).await?;
-            metrics()
-                .alerts_fired
-                .with(&alert.threshold.to_string())
-                .inc();
+            metrics().alerts_fired.with(&alert.label).inc();
             alerts += 1;
         }
         Ok(Processed {
@@ -732,7 +750,7 @@ mod tests {
             got,
             vec![(
                 "SpendUpdate".to_owned(),
-                r#"{"eventId":"m-1","timestamp":"2026-01-02T03:04:05Z","virtualKeyId":7,"newSpend":0.000123,"totalSpend":12.50,"budget":50.00,"budgetRemaining":37.5,"budgetPercentage":25,"requestId":"r1"}"#.to_owned()
+                r#"{"eventId":"m-1","timestamp":"2026-01-02T03:04:05Z","virtualKeyId":7,"newSpend":0.000123,"totalSpend":12.50,"budget":50.00,"budgetRemaining":37.5,"budgetPercentage":25,"requestId":"r1","trend":"stable","burnRatePerHour":0.001736}"#.to_owned()
             )]
         );
         assert_eq!(drain(&mut admin), got);

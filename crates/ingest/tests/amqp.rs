@@ -412,7 +412,7 @@ async fn masstransit_spend_updated_is_processed_and_acked() {
     );
     assert_eq!(
         ev.payload.get(),
-        r#"{"eventId":"mt-1","timestamp":"2026-01-02T03:04:05Z","virtualKeyId":42,"newSpend":0.5,"totalSpend":10.50,"model":"gpt-4o"}"#
+        r#"{"eventId":"mt-1","timestamp":"2026-01-02T03:04:05Z","virtualKeyId":42,"newSpend":0.5,"totalSpend":10.50,"model":"gpt-4o","trend":"stable","burnRatePerHour":7.055453}"#
     );
     let stats = run.stats.clone();
     eventually("the ack", || stats.processed.load(Ordering::SeqCst) == 1).await;

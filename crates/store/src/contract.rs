@@ -2,6 +2,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_domain::budget::{SpendFacts, SpendObservation};
+use herald_domain::forecast::{RateConfig, RateView};
+use herald_domain::summary::SpendSummary;
 use herald_domain::thresholds::Thresholds;
 use herald_domain::{Cause, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
 use rust_decimal::Decimal;
@@ -23,8 +25,17 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct PendingAlert {
     pub event: OutboundEvent,
-    /// The threshold (percent) that fired it.
-    pub threshold: u32,
+    /// What fired it: the threshold in percent (`"90"`), `"forecast"` or `"spike"`; the
+    /// `threshold` label of `herald_budget_alerts_total`.
+    pub label: String,
+}
+
+/// The node's rules for a SpendUpdated: the default thresholds and, unless
+/// `HERALD_SPEND_FORECAST=off`, the burn rate's settings.
+#[derive(Debug, Clone, Default)]
+pub struct SpendRules {
+    pub thresholds: Thresholds,
+    pub rates: Option<RateConfig>,
 }
 
 /// The store's side of one SpendUpdated (see [`Store::observe_spend`]).
@@ -34,6 +45,8 @@ pub struct SpendOutcome {
     pub key: Option<VirtualKey>,
     /// Every alert of the key still to be published.
     pub pending: Vec<PendingAlert>,
+    /// The key's burn rate and trend after this event (with `SpendRules::rates` only).
+    pub rate: Option<RateView>,
 }
 
 #[async_trait]
@@ -60,19 +73,46 @@ pub trait Store: Send + Sync + 'static {
     /// The whole store side of a SpendUpdated: looks its key up, records its total (unless a
     /// newer one is stored) and, when a positive budget applies, evaluates it. Stores that can
     /// do it in one round trip override this.
+    ///
+    /// With `rules.rates`, it also updates the key's burn rate, fires forecast and spike
+    /// alerts and records the event for the spend summary, in the same atomic step; this
+    /// default (a store made of the three calls) has no rates.
     async fn observe_spend(
         &self,
         facts: &SpendFacts,
-        defaults: &Thresholds,
+        rules: &SpendRules,
     ) -> Result<SpendOutcome, StoreError> {
         let key = self.key_by_id(facts.key_id).await?;
         self.record_spend(facts.key_id, facts.total_spend, facts.source_time)
             .await?;
-        let pending = match facts.observation(key.as_ref(), defaults) {
+        let pending = match facts.observation(key.as_ref(), &rules.thresholds) {
             Some(obs) => self.evaluate_budget(&obs).await?,
             None => Vec::new(),
         };
-        Ok(SpendOutcome { key, pending })
+        Ok(SpendOutcome {
+            key,
+            pending,
+            rate: None,
+        })
+    }
+
+    /// The key's spend summary with its `recent` newest events (docs/protocol.md,
+    /// `GetSpendSummary`); `None` when the store knows neither the key nor its spend.
+    async fn spend_summary(
+        &self,
+        key: KeyId,
+        recent: usize,
+    ) -> Result<Option<SpendSummary>, StoreError> {
+        let stored = self.key_by_id(key).await?;
+        Ok(SpendSummary::build(
+            key,
+            stored.as_ref(),
+            None,
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        )
+        .map(|s| s.with_limit(recent)))
     }
 
     /// Records that the alert reached the backplane.

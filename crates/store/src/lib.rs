@@ -7,11 +7,12 @@
 pub mod hooked;
 mod memory;
 mod postgres;
+mod rates;
 mod tls;
 
 mod contract;
 
-pub use contract::{PendingAlert, SharedStore, SpendOutcome, Store, StoreError};
+pub use contract::{PendingAlert, SharedStore, SpendOutcome, SpendRules, Store, StoreError};
 pub use memory::MemoryStore;
 pub use postgres::{PostgresStore, migrate};
 pub use tls::{ProbeError, check_url as check_database_url, probe};

@@ -9,12 +9,15 @@
 //!
 //! Long because: one purpose, the SQL of every `Store` method against PostgreSQL with the
 //! group commit that batches it; the statements and their batching share the row mappings.
-use crate::contract::{PendingAlert, SpendOutcome, Store, StoreError};
+use crate::contract::{PendingAlert, SpendOutcome, SpendRules, Store, StoreError};
+use crate::rates::{self, RateJob};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use herald_domain::budget::{self, Change, SpendFacts, SpendObservation, ThresholdState};
+use herald_domain::forecast::{RateInput, RateView};
+use herald_domain::summary::SpendSummary;
 use herald_domain::thresholds::Thresholds;
 use herald_domain::tls::ClientTls;
 use herald_domain::{BudgetPeriod, Cause, EventId, KeyHash, KeyId, OutboundEvent, VirtualKey};
@@ -24,7 +27,13 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 /// The migrations, in order. `herald migrate` and `HERALD_MIGRATE=true` apply them.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_init.sql")),
+    (
+        2,
+        include_str!("../../../migrations/0002_spend_intelligence.sql"),
+    ),
+];
 
 /// Lock id namespace for `pg_advisory_xact_lock(namespace, key)`.
 const BUDGET_LOCK: i32 = 0x4845_5241; // "HERA"
@@ -50,7 +59,7 @@ type Batcher<Req, Resp> = herald_coalesce::Coalescer<Req, Resp, StoreError>;
 pub struct PostgresStore {
     pool: Pool,
     keys: Batcher<KeyId, Option<VirtualKey>>,
-    observed: Batcher<(SpendFacts, Thresholds), SpendOutcome>,
+    observed: Batcher<(SpendFacts, SpendRules), SpendOutcome>,
 }
 
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -207,10 +216,10 @@ async fn record_spends(c: &impl GenericClient, spends: &[Spend]) -> Result<Vec<(
 }
 
 /// `observe_spend` for a batch, in one transaction: the keys read, the totals recorded, then
-/// the budgets evaluated (`evaluate_in`).
+/// the budgets and burn rates evaluated (`evaluate_in`).
 async fn observe_spends(
     pool: &Pool,
-    spends: &[(SpendFacts, Thresholds)],
+    spends: &[(SpendFacts, SpendRules)],
 ) -> Result<Vec<SpendOutcome>, StoreError> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(unavailable)?;
@@ -236,24 +245,47 @@ async fn observe_spends(
         .iter()
         .zip(&keys)
         .enumerate()
-        .filter_map(|(i, ((facts, defaults), key))| {
-            facts.observation(key.as_ref(), defaults).map(|o| (i, o))
+        .filter_map(|(i, ((facts, rules), key))| {
+            facts
+                .observation(key.as_ref(), &rules.thresholds)
+                .map(|o| (i, o))
         })
         .unzip();
+    // Which spends feed a burn rate (all of them unless HERALD_SPEND_FORECAST=off).
+    let jobs: Vec<RateJob> = spends
+        .iter()
+        .zip(&keys)
+        .enumerate()
+        .filter_map(|(i, ((facts, rules), key))| {
+            rules.rates.map(|cfg| RateJob {
+                place: i,
+                input: RateInput::of(facts, key.as_ref()),
+                cfg,
+                facts,
+            })
+        })
+        .collect();
     let mut pending = vec![Vec::new(); spends.len()];
-    if !observations.is_empty() {
-        for (place, alerts) in places
-            .into_iter()
-            .zip(evaluate_in(&tx, &observations).await?)
-        {
-            pending[place] = alerts;
+    let mut views: Vec<Option<RateView>> = vec![None; spends.len()];
+    if !observations.is_empty() || !jobs.is_empty() {
+        let (by_key, rated) = evaluate_in(&tx, &observations, &jobs).await?;
+        let touched = places.iter().copied().chain(jobs.iter().map(|j| j.place));
+        for place in touched {
+            pending[place] = by_key
+                .get(&spends[place].0.key_id.get())
+                .cloned()
+                .unwrap_or_default();
+        }
+        for (job, view) in jobs.iter().zip(rated) {
+            views[job.place] = Some(view);
         }
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(keys
         .into_iter()
         .zip(pending)
-        .map(|(key, pending)| SpendOutcome { key, pending })
+        .zip(views)
+        .map(|((key, pending), rate)| SpendOutcome { key, pending, rate })
         .collect())
 }
 
@@ -264,16 +296,32 @@ fn lock_key(key: KeyId) -> i32 {
     i32::try_from(key.get().rem_euclid(i64::from(i32::MAX))).unwrap_or(0)
 }
 
-/// Evaluates a batch of observations inside the caller's transaction: the keys' advisory locks
-/// are taken in ascending order (so batches of concurrent consumers cannot deadlock), the state
-/// of every period involved is read at once, the pure budget rules run for each observation in
-/// batch order (a later observation of a key sees what an earlier one changed), the changes are
-/// written, and each observation gets every alert of its key still to be published.
+/// The alerts still to publish, by key.
+type PendingByKey = std::collections::HashMap<i64, Vec<PendingAlert>>;
+
+/// Evaluates a batch of observations and burn rate jobs inside the caller's transaction: the
+/// keys' advisory locks are taken in ascending order (so batches of concurrent consumers cannot
+/// deadlock), the state of every period involved is read at once, the pure rules run for each
+/// in batch order (a later observation of a key sees what an earlier one changed), the changes
+/// are written, and every alert of the keys still to be published comes back, by key, with
+/// each job's rate view.
 async fn evaluate_in(
     tx: &deadpool_postgres::Transaction<'_>,
     observations: &[SpendObservation],
-) -> Result<Vec<Vec<PendingAlert>>, StoreError> {
-    let mut locks: Vec<i32> = observations.iter().map(|o| lock_key(o.key_id)).collect();
+    jobs: &[RateJob<'_>],
+) -> Result<(PendingByKey, Vec<RateView>), StoreError> {
+    let mut all: Vec<i64> = observations
+        .iter()
+        .map(|o| o.key_id.get())
+        .chain(jobs.iter().map(|j| j.input.key_id.get()))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    let mut locks: Vec<i32> = all
+        .iter()
+        .filter_map(|k| KeyId::new(*k).ok())
+        .map(lock_key)
+        .collect();
     locks.sort_unstable();
     locks.dedup();
     let lock = tx
@@ -297,25 +345,32 @@ async fn evaluate_in(
         .map_err(unavailable)?;
     let pending = tx
         .prepare_cached(
-            "SELECT key_id, threshold, event FROM budget_alerts WHERE key_id = ANY($1) AND published_at IS NULL ORDER BY created_at, threshold",
+            "SELECT key_id, CASE WHEN kind = 'threshold' THEN threshold::text ELSE kind END AS label, event
+             FROM budget_alerts WHERE key_id = ANY($1) AND published_at IS NULL ORDER BY created_at, threshold",
         )
         .await
         .map_err(unavailable)?;
+    let read_rates = tx.prepare_cached(rates::READ).await.map_err(unavailable)?;
+    let (rate_keys, rate_starts) = rates::slots(jobs);
     let mut periods: std::collections::HashMap<(i64, DateTime<Utc>), Vec<ThresholdState>> =
         std::collections::HashMap::new();
     // One round trip: the locks are taken before the state and the alerts still to publish are
     // read (a connection runs its statements in the order they were sent). Alerts fired below
     // are added to those; under the locks no one else adds any for these keys.
-    let (lock_args, read_args, pending_args): (Params, Params, Params) =
-        (&[&BUDGET_LOCK, &locks], &[&keys, &starts], &[&keys]);
-    let (_, rows, unpublished) = tokio::try_join!(
+    let (lock_args, read_args, pending_args, rate_args): (Params, Params, Params, Params) = (
+        &[&BUDGET_LOCK, &locks],
+        &[&keys, &starts],
+        &[&all],
+        &[&rate_keys, &rate_starts],
+    );
+    let (_, rows, unpublished, rate_rows) = tokio::try_join!(
         tx.execute(&lock, lock_args),
         tx.query(&read, read_args),
-        tx.query(&pending, pending_args)
+        tx.query(&pending, pending_args),
+        tx.query(&read_rates, rate_args)
     )
     .map_err(unavailable)?;
-    let mut by_key: std::collections::HashMap<i64, Vec<PendingAlert>> =
-        std::collections::HashMap::new();
+    let mut by_key: PendingByKey = std::collections::HashMap::new();
     for r in &unpublished {
         let text: String = r.get("event");
         let event = serde_json::from_str(&text).map_err(|e| {
@@ -326,7 +381,7 @@ async fn evaluate_in(
             .or_default()
             .push(PendingAlert {
                 event,
-                threshold: u32::try_from(r.get::<_, i32>("threshold")).unwrap_or(0),
+                label: r.get("label"),
             });
     }
     for r in rows {
@@ -353,10 +408,12 @@ async fn evaluate_in(
             budget::apply(state, obs, &change);
         }
     }
-    Ok(observations
-        .iter()
-        .map(|o| by_key.get(&o.key_id.get()).cloned().unwrap_or_default())
-        .collect())
+    let views = if jobs.is_empty() {
+        Vec::new()
+    } else {
+        rates::apply(tx, jobs, &rate_rows, &mut by_key).await?
+    };
+    Ok((by_key, views))
 }
 
 /// Writes one decided change of `obs` inside its evaluation's transaction; a fired alert that
@@ -385,6 +442,7 @@ async fn write_change(
         }
         Change::Fire(alert) => {
             let event = OutboundEvent::budget_alert(alert, None);
+            let label = alert.threshold.to_string();
             let json = serde_json::to_string(&event).map_err(unavailable)?;
             upsert_state(
                 tx,
@@ -417,17 +475,14 @@ async fn write_change(
                 .await
                 .map_err(unavailable)?;
             if inserted == 1 {
-                return Ok(Some(PendingAlert {
-                    event,
-                    threshold: alert.threshold,
-                }));
+                return Ok(Some(PendingAlert { event, label }));
             }
         }
     }
     Ok(None)
 }
 
-const KEY_COLUMNS: &str = "id, key_hash, name, group_id, enabled, expires_at, is_admin, budget, budget_period, alert_thresholds, current_spend, updated_at";
+const KEY_COLUMNS: &str = "id, key_hash, name, group_id, enabled, expires_at, is_admin, budget, budget_period, alert_thresholds, spike_alerts, current_spend, updated_at";
 
 /// A key's own thresholds as stored. A list the rules refuse (written by hand or by an older
 /// version) falls back to the node's default, with a warning: the key keeps working.
@@ -462,6 +517,7 @@ fn key_from_row(row: &Row) -> Result<VirtualKey, StoreError> {
         budget: row.get("budget"),
         budget_period: BudgetPeriod::parse(&period).map_err(|e| corrupt("budget period", &e))?,
         alert_thresholds: thresholds.and_then(|v| stored_thresholds(id, v)),
+        spike_alerts: row.get("spike_alerts"),
         current_spend: row.get("current_spend"),
         updated_at: row.get("updated_at"),
     })
@@ -497,11 +553,12 @@ impl Store for PostgresStore {
             .client()
             .await?
             .execute(
-                "INSERT INTO virtual_keys (id, key_hash, name, group_id, enabled, expires_at, is_admin, budget, budget_period, alert_thresholds, current_spend, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+                "INSERT INTO virtual_keys (id, key_hash, name, group_id, enabled, expires_at, is_admin, budget, budget_period, alert_thresholds, current_spend, spike_alerts, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now())
                  ON CONFLICT (id) DO UPDATE SET key_hash = EXCLUDED.key_hash, name = EXCLUDED.name, group_id = EXCLUDED.group_id,
                    enabled = EXCLUDED.enabled, expires_at = EXCLUDED.expires_at, is_admin = EXCLUDED.is_admin, budget = EXCLUDED.budget,
-                   budget_period = EXCLUDED.budget_period, alert_thresholds = EXCLUDED.alert_thresholds, updated_at = now()",
+                   budget_period = EXCLUDED.budget_period, alert_thresholds = EXCLUDED.alert_thresholds,
+                   spike_alerts = EXCLUDED.spike_alerts, updated_at = now()",
                 &[
                     &k.id.get(),
                     &k.key_hash.as_str(),
@@ -514,6 +571,7 @@ impl Store for PostgresStore {
                     &k.budget_period.as_str(),
                     &thresholds,
                     &k.current_spend,
+                    &k.spike_alerts,
                 ],
             )
             .await;
@@ -554,17 +612,27 @@ impl Store for PostgresStore {
     ) -> Result<Vec<PendingAlert>, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(unavailable)?;
-        let mut pending = evaluate_in(&tx, std::slice::from_ref(obs)).await?;
+        let (mut by_key, _) = evaluate_in(&tx, std::slice::from_ref(obs), &[]).await?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(pending.pop().unwrap_or_default())
+        Ok(by_key.remove(&obs.key_id.get()).unwrap_or_default())
     }
 
     async fn observe_spend(
         &self,
         facts: &SpendFacts,
-        defaults: &Thresholds,
+        rules: &SpendRules,
     ) -> Result<SpendOutcome, StoreError> {
-        batched(self.observed.call((facts.clone(), defaults.clone())).await)
+        batched(self.observed.call((facts.clone(), rules.clone())).await)
+    }
+
+    async fn spend_summary(
+        &self,
+        key: KeyId,
+        recent: usize,
+    ) -> Result<Option<SpendSummary>, StoreError> {
+        let stored = self.key_by_id(key).await?;
+        let c = self.client().await?;
+        rates::summary(&c, key, stored.as_ref(), recent).await
     }
 
     async fn mark_alert_published(&self, alert: &EventId) -> Result<(), StoreError> {

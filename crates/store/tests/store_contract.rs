@@ -3,10 +3,11 @@
 //! database per test).
 use chrono::{DateTime, Utc};
 use herald_domain::budget::{SpendFacts, SpendObservation};
+use herald_domain::forecast::RateConfig;
 use herald_domain::thresholds::Thresholds;
 use herald_domain::tls::ClientTls;
 use herald_domain::{BudgetPeriod, EventId, KeyHash, KeyId, VirtualKey};
-use herald_store::{MemoryStore, PostgresStore, SharedStore, Store, StoreError};
+use herald_store::{MemoryStore, PostgresStore, SharedStore, SpendRules, Store, StoreError};
 use rust_decimal::Decimal;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -45,7 +46,7 @@ impl TestDb {
             herald_store::migrate(&url, &ClientTls::default())
                 .await
                 .expect("migrate"),
-            vec![1]
+            vec![1, 2]
         );
         assert!(
             herald_store::migrate(&url, &ClientTls::default())
@@ -386,6 +387,18 @@ fn facts(key: i64, event: &str, total: &str, budget: Option<&str>) -> SpendFacts
         budget: budget.map(d),
         period: None,
         period_start: None,
+        amount: d("0.5"),
+        model: Some("gpt-4o".into()),
+        provider: None,
+        request_id: None,
+    }
+}
+
+/// The node's rules with spend intelligence on (its default).
+fn rules() -> SpendRules {
+    SpendRules {
+        thresholds: Thresholds::default(),
+        rates: Some(RateConfig::default()),
     }
 }
 
@@ -395,7 +408,7 @@ fn facts(key: i64, event: &str, total: &str, budget: Option<&str>) -> SpendFacts
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observing_spends_looks_up_records_and_evaluates_in_one_call() {
     let (stores, _db) = stores().await;
-    let defaults = Thresholds::default();
+    let defaults = rules();
     for (name, s) in stores {
         for id in 400..500 {
             let mut k = key(id, &format!("condt_observe_{id}"));
@@ -470,5 +483,95 @@ async fn observing_spends_looks_up_records_and_evaluates_in_one_call() {
             .collect();
         assert_eq!(out.pending.len(), 2, "{name}: {:?}", out.pending);
         assert_eq!(thresholds, [true, true], "{name}: {:?}", out.pending);
+    }
+}
+
+/// The burn rate, the spend summary and the transactions survive in the store: a repeated
+/// event adds nothing, a late one changes no rate, and the summary lists the period's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burn_rates_and_the_summary_count_each_event_once() {
+    let (stores, _db) = stores().await;
+    let rules = rules();
+    for (name, s) in stores {
+        let mut k = key(600, "condt_rates_600");
+        k.budget = Some(d("100"));
+        k.budget_period = BudgetPeriod::Daily;
+        s.put_key(&k).await.unwrap();
+        let at = |minute: i64| t("2026-11-02T00:00:00Z") + chrono::Duration::minutes(minute);
+        let spend = |i: i64, model: &str| SpendFacts {
+            key_id: KeyId::new(600).unwrap(),
+            event_id: EventId::parse(&format!("rate-{i}")).unwrap(),
+            source_time: at(i),
+            total_spend: Decimal::from(i + 1),
+            budget: None,
+            period: None,
+            period_start: None,
+            amount: Decimal::ONE,
+            model: Some(model.to_owned()),
+            provider: Some("openai".into()),
+            request_id: None,
+        };
+        let mut last = None;
+        for i in 0..10 {
+            let out = s
+                .observe_spend(&spend(i, if i % 2 == 0 { "a" } else { "b" }), &rules)
+                .await
+                .unwrap();
+            last = out.rate;
+        }
+        let rate = last.expect("a rate on every spend").burn_rate_per_hour;
+        // One per minute: 60 per hour, and the forecast fires (100 at 60/h runs out at ~01:40).
+        assert!(rate > d("50") && rate < d("70"), "{name}: {rate}");
+        let again = s.observe_spend(&spend(9, "b"), &rules).await.unwrap();
+        assert_eq!(
+            again.rate.map(|r| r.burn_rate_per_hour),
+            Some(rate),
+            "{name}: a repeat changes nothing"
+        );
+        let forecasts: Vec<_> = again
+            .pending
+            .iter()
+            .filter(|p| p.label == "forecast")
+            .collect();
+        assert_eq!(forecasts.len(), 1, "{name}: {:?}", again.pending);
+        let late = s.observe_spend(&spend(3, "a"), &rules).await.unwrap();
+        assert_eq!(
+            late.rate.map(|r| r.burn_rate_per_hour),
+            Some(rate),
+            "{name}: a late event changes nothing"
+        );
+        let summary = s
+            .spend_summary(KeyId::new(600).unwrap(), 3)
+            .await
+            .unwrap()
+            .expect("a summary");
+        let json = serde_json::to_value(&summary).unwrap();
+        assert_eq!(json["periodSpend"], serde_json::json!(10), "{name}: {json}");
+        assert_eq!(
+            json["byModel"][0]["requests"],
+            serde_json::json!(5),
+            "{name}"
+        );
+        assert_eq!(
+            json["byProvider"][0]["spend"],
+            serde_json::json!(10),
+            "{name}"
+        );
+        let recent: Vec<&str> = json["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["eventId"].as_str().unwrap())
+            .collect();
+        assert_eq!(recent, ["rate-9", "rate-8", "rate-7"], "{name}");
+        assert_eq!(json["periodStart"], "2026-11-02T00:00:00Z", "{name}");
+        assert_eq!(json["forecast"]["exceedsBudget"], true, "{name}: {json}");
+        assert!(
+            s.spend_summary(KeyId::new(601).unwrap(), 3)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: an unknown key with no spend"
+        );
     }
 }

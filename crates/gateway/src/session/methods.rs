@@ -1,8 +1,8 @@
 //! Hub methods the client calls: `Resume`, `SubscribeToTask`, `UnsubscribeFromTask`,
-//! `SubscribeToVirtualKey`, `UnsubscribeFromVirtualKey` (docs/protocol.md).
+//! `SubscribeToVirtualKey`, `UnsubscribeFromVirtualKey`, `GetSpendSummary` (docs/protocol.md).
 use super::{Filters, ReplayError, Session, Step, Stop, out};
 use crate::cursor::Cursor;
-use crate::hubs::HubMethod;
+use crate::hubs::{Access, HubMethod};
 use herald_domain::invalid::prefix;
 use serde_json::Value;
 
@@ -51,6 +51,26 @@ impl Session {
                     _ => Err("Expected one argument: the virtual key id.".to_owned()),
                 }
             }
+            Some(HubMethod::GetSpendSummary) => {
+                let key = match (self.hub.access, arguments.as_slice()) {
+                    (Access::Admin, [v]) => match herald_domain::KeyRef::parse("virtualKeyId", v) {
+                        Ok(herald_domain::KeyRef::Id(id)) => Ok(id),
+                        _ => Err("GetSpendSummary expects one argument: the virtual key id."),
+                    },
+                    (Access::Admin, _) => {
+                        Err("GetSpendSummary expects one argument: the virtual key id.")
+                    }
+                    (Access::VirtualKey, []) => match &self.own_key {
+                        Some((id, _)) => Ok(*id),
+                        None => Err("GetSpendSummary expects one argument: the virtual key id."),
+                    },
+                    (Access::VirtualKey, _) => Err("GetSpendSummary expects no arguments."),
+                };
+                match key {
+                    Ok(id) => Box::pin(self.spend_summary(id)).await,
+                    Err(e) => Err(e.to_owned()),
+                }
+            }
             Some(HubMethod::UnsubscribeFromTask) => match arguments.as_slice() {
                 [Value::String(task)] => {
                     if let Some(f) = &mut self.filters {
@@ -76,6 +96,22 @@ impl Session {
     /// HubException messages on refusal).
     pub(super) fn filters(&mut self) -> &mut Filters {
         self.filters.get_or_insert_default()
+    }
+
+    /// The key's spend summary from the store, `null` for a key it does not know.
+    pub(super) async fn spend_summary(
+        &mut self,
+        key: herald_domain::KeyId,
+    ) -> Result<String, String> {
+        let unavailable = || "Spend summary unavailable; try again.".to_owned();
+        let limit = self.gw.config.spend_summary_transactions;
+        match self.gw.store.spend_summary(key, limit).await {
+            Ok(summary) => serde_json::to_string(&summary).map_err(|_| unavailable()),
+            Err(e) => {
+                tracing::warn!(connection = %self.connection_id, error = %e, "spend summary failed");
+                Err(unavailable())
+            }
+        }
     }
 
     pub(super) async fn subscribe_to_task(&mut self, task: &str) -> Result<String, String> {
