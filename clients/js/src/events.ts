@@ -43,6 +43,12 @@ export interface BudgetAlert extends EventBase {
   severity: Severity;
   sourceEventId: string;
   threshold: number;
+  /** Forecast and spike alerts (`budget_forecast_exceeded`, `spend_spike`): the spend rate. */
+  burnRatePerHour?: number;
+  /** Forecast alerts: when the budget runs out at that rate (RFC 3339). */
+  projectedExhaustion?: string;
+  /** Forecast and spike alerts: the window the rate was measured over, in minutes. */
+  windowMinutes?: number;
 }
 
 export type HealthStatus = "healthy" | "degraded" | "unhealthy";
@@ -155,7 +161,7 @@ const BASE = ["eventId", "timestamp", "cursor", "virtualKeyId"];
 const TASK_FIELDS = [...BASE, "taskId", "taskType", "status", "progress", "message", "error", "isRetryable", "result", "requestId", "*"];
 export const EVENT_FIELDS: Readonly<Record<EventName, readonly string[]>> = {
   SpendUpdate: [...BASE, "totalSpend", "newSpend", "budget", "budgetPercentage", "budgetRemaining", "model", "provider", "requestId", "trend", "burnRatePerHour"],
-  BudgetAlert: [...BASE, "alertType", "budget", "currentSpend", "message", "percentage", "periodStart", "periodEnd", "remaining", "severity", "sourceEventId", "threshold"],
+  BudgetAlert: [...BASE, "alertType", "budget", "currentSpend", "message", "percentage", "periodStart", "periodEnd", "remaining", "severity", "sourceEventId", "threshold", "burnRatePerHour", "projectedExhaustion", "windowMinutes"],
   ProviderHealthChanged: [...BASE, "providerId", "providerName", "status", "latencyMs", "error"],
   NavigationStateUpdated: [...BASE, "action", "type", "data"],
   ModelsDiscovered: [...BASE, "providerId", "providerName", "models"],
