@@ -34,9 +34,10 @@ function memoryStorage() {
 }
 
 function record(client) {
-  const got = { ids: [], names: [], statuses: [] };
+  const got = { ids: [], names: [], statuses: [], events: [] };
   client.onAny((name, e) => {
     got.names.push(name);
+    got.events.push([name, e]);
     if (e.eventId) got.ids.push(e.eventId);
   });
   client.onStatus((c) => got.statuses.push(c.status));
@@ -83,7 +84,18 @@ test("standalone: state helpers from real events (spend, trend, alerts, tasks, p
   assert.equal(s.budget, 10);
   assert.equal(s.percentage, 120);
   assert.deepEqual(s.transactions.map((x) => x.eventId), ["sp-5", "sp-4", "sp-3", "sp-2"], "the last 4, newest first");
-  assert.equal(s.trend, "up");
+  // Herald puts its own `trend` on every SpendUpdate (docs/events.md, spend intelligence; it
+  // needs 5 events over 5 minutes before it says more than "stable"), and the SDK follows it; a
+  // server without it gets the SDK's own: amounts 1,1,1 then 3,3,3 are "up".
+  const lastSpend = got.events.filter(([n]) => n === "SpendUpdate").at(-1)[1];
+  assert.ok(["up", "down", "stable"].includes(lastSpend.trend), `Herald's SpendUpdate carries a trend: ${JSON.stringify(lastSpend)}`);
+  assert.equal(s.trend, lastSpend.trend, "the SDK follows the server's trend");
+  const own = new HeraldState({ spend: { recent: 4 } });
+  for (const [name, e] of got.events.filter(([n]) => n === "SpendUpdate")) {
+    const { trend: _t, ...withoutTrend } = e;
+    own.apply(name, withoutTrend);
+  }
+  assert.equal(own.spend.get(1).trend, "up", "without the server's trend the SDK computes its own");
   assert.equal(s.severity, "critical");
   const alerts = state.alerts.snapshot();
   assert.deepEqual(alerts.map((a) => a.threshold), [100, 90, 50], "newest first");
