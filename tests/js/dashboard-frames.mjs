@@ -7,7 +7,7 @@
 // the events arrived.
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
-import { Fixture, sleep } from "./helpers.mjs";
+import { Fixture, sleep, startFrames, stopFrames } from "./helpers.mjs";
 
 const CHROMIUM = process.env.HERALD_CHROMIUM ?? "/usr/bin/chromium";
 const BENCH = process.env.HERALD_BENCH_BIN;
@@ -31,16 +31,7 @@ try {
   const received = () => page.evaluate(() => window.heraldDashboard.received.length);
   const before = await received();
 
-  await page.evaluate(() => {
-    window.__frames = [];
-    let last = performance.now();
-    const tick = (t) => {
-      window.__frames.push(t - last);
-      last = t;
-      if (window.__frames !== null) requestAnimationFrame(tick);
-    };
-    requestAnimationFrame(tick);
-  });
+  await startFrames(page);
   const host = url.replace(/^http:\/\//, "");
   const bench = spawn(BENCH, [
     "--target", "herald", "--url", `ws://${host}`, "--http", host, "--master-key", master,
@@ -50,12 +41,7 @@ try {
   let benchOut = "";
   bench.stdout.on("data", (d) => { benchOut += d; });
   await new Promise((resolve) => bench.on("exit", resolve));
-  const frames = await page.evaluate(() => {
-    const f = window.__frames.slice(1).sort((a, b) => a - b);
-    window.__frames = null;
-    const q = (p) => Math.round(f[Math.min(f.length - 1, Math.floor(p * f.length))] * 10) / 10;
-    return { frames: f.length, p50: q(0.5), p95: q(0.95), p99: q(0.99), max: Math.round(f.at(-1) ?? 0), over50ms: f.filter((x) => x > 50).length };
-  });
+  const frames = await stopFrames(page);
   const got = (await received()) - before;
   const load = JSON.parse(benchOut.trim().split("\n").at(-1) || "{}");
   console.log(JSON.stringify({ rate: RATE, seconds: SECONDS, published: load.published, events_per_s: load.events_per_s, page_received: got, frames }));

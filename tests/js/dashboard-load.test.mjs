@@ -9,31 +9,13 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
-import { Fixture, ROOT, sleep } from "./helpers.mjs";
+import { Fixture, ROOT, sleep, startFrames, stopFrames } from "./helpers.mjs";
 
 const CHROMIUM = process.env.HERALD_CHROMIUM ?? "/usr/bin/chromium";
 const SHOTS = process.env.HERALD_SCREENSHOTS ?? join(ROOT, "target", "browser-screenshots");
 const RATE = 1000;
 const SECONDS = 5;
 
-/** Starts recording frame intervals in the page. */
-const startFrames = (page) => page.evaluate(() => {
-  window.__frames = [];
-  let last = performance.now();
-  const tick = (t) => {
-    window.__frames.push(t - last);
-    last = t;
-    if (window.__frames !== null) requestAnimationFrame(tick);
-  };
-  requestAnimationFrame(tick);
-});
-/** Stops recording; p50/p95/p99/max of the intervals, in ms. */
-const stopFrames = (page) => page.evaluate(() => {
-  const f = window.__frames.slice(1).sort((a, b) => a - b);
-  window.__frames = null;
-  const q = (p) => Math.round(f[Math.min(f.length - 1, Math.floor(p * f.length))] * 10) / 10;
-  return { frames: f.length, p50: q(0.5), p95: q(0.95), p99: q(0.99), max: Math.round(f.at(-1) ?? 0), over50ms: f.filter((x) => x > 50).length };
-});
 
 test("dashboard under 1,000 events/s and 10,000 alerts", async (t) => {
   if (!existsSync(CHROMIUM)) assert.fail(`${CHROMIUM} is missing: scripts/test installs Debian's chromium`);

@@ -258,3 +258,22 @@ export function resumeAfterReconnect(conn, event = "SpendUpdate") {
   conn.onreconnected(async () => seen.resumes.push(await conn.invoke("Resume", resumeFrom)));
   return seen;
 }
+
+/** Starts recording frame intervals in the page. */
+export const startFrames = (page) => page.evaluate(() => {
+  window.__frames = [];
+  let last = performance.now();
+  const tick = (t) => {
+    window.__frames.push(t - last);
+    last = t;
+    if (window.__frames !== null) requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+});
+/** Stops recording; p50/p95/p99/max of the intervals, in ms. */
+export const stopFrames = (page) => page.evaluate(() => {
+  const f = window.__frames.slice(1).sort((a, b) => a - b);
+  window.__frames = null;
+  const q = (p) => Math.round(f[Math.min(f.length - 1, Math.floor(p * f.length))] * 10) / 10;
+  return { frames: f.length, p50: q(0.5), p95: q(0.95), p99: q(0.99), max: Math.round(f.at(-1) ?? 0), over50ms: f.filter((x) => x > 50).length };
+});
